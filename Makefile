@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-data.txt Makefile
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/symbreak train -c configs/demo.toml
+	$(BIN)/symbreak train -c configs/demo.toml train.name=demo-$$(date +%Y%m%d-%H%M%S)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -109,8 +109,9 @@ def test_bK_changes_nothing(mode, tokens):
     with_k = make_model(q=True, v=True, k=True, k_mean=0.7, mode=mode)
     with_k.load_state_dict(plain.state_dict(), strict=False)
     if mode == "fixed":  # same bQ/bV draws in both models, only bK differs
-        for a, b in zip(plain.bias_samplers(), [s for s in with_k.bias_samplers() if s.kind != "k"],
-                        strict=True):
+        for a, b in zip(
+            plain.bias_samplers(), [s for s in with_k.bias_samplers() if s.kind != "k"], strict=True
+        ):
             b.fixed_draw.copy_(a.fixed_draw)
     # eval mode (mean biases) and a pinned training draw: identical logits
     assert torch.allclose(logits(plain, tokens), logits(with_k, tokens), atol=1e-12, rtol=0)
@@ -266,7 +267,6 @@ def test_nanogpt_initialisation_and_tied_embeddings():
     assert model.wte.weight.grad[5].abs().sum() > 0
 
 
-
 def test_causality_future_tokens_do_not_change_past_logits():
     model = make_model(q=True, v=True)
     x = torch.randint(0, V, (1, T))
@@ -276,10 +276,18 @@ def test_causality_future_tokens_do_not_change_past_logits():
 
 
 def test_gelu_and_no_positional_encoding_build_and_run(tokens):
-    cfg = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=V,
-                      activation="gelu", pos_encoding="none")
+    cfg = ModelConfig(
+        n_layer=1,
+        n_head=2,
+        n_embd=16,
+        block_size=16,
+        vocab_size=V,
+        activation="gelu",
+        pos_encoding="none",
+    )
     model = GPT(cfg, SBConfig(q=True, v=True, seed=0))
-    logits_, loss = model(tokens, tokens)
+    logits_, _ = model(tokens)
+    _, loss = model(tokens, tokens)
     assert logits_.shape == (3, T, V) and loss.isfinite()
     assert model.wpe is None
 

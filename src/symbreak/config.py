@@ -160,7 +160,9 @@ class Config:
     # ---- building -----------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    def load(
+        cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+    ) -> Config:
         """Defaults, then the TOML file at ``path``, then ``KEY=VALUE`` overrides; resolved."""
         cfg = cls()
         if path is not None:
@@ -174,7 +176,9 @@ class Config:
         """Apply a nested ``{section: {key: value}}`` mapping (from TOML)."""
         for section, values in tree.items():
             if section not in SECTIONS:
-                raise ConfigError(f"{origin}: unknown section [{section}]{_suggest(section, SECTIONS)}")
+                raise ConfigError(
+                    f"{origin}: unknown section [{section}]{_suggest(section, SECTIONS)}"
+                )
             if not isinstance(values, dict):
                 raise ConfigError(f"{origin}: '{section}' must be a table like [{section}]")
             for key, value in values.items():
@@ -261,8 +265,11 @@ class Config:
                 f"{t.micro_batch_size} does not divide train.batch_size={t.batch_size}",
             )
         _require(t.max_steps >= 0 and t.max_tokens >= 0, "train.max_steps", "budgets are >= 0")
-        _require(t.max_steps > 0 or t.max_tokens > 0, "train.max_steps",
-                 "set train.max_steps or train.max_tokens to a positive budget")
+        _require(
+            t.max_steps > 0 or t.max_tokens > 0,
+            "train.max_steps",
+            "set train.max_steps or train.max_tokens to a positive budget",
+        )
         for key in ("eval_every", "eval_tokens", "log_every", "checkpoint_every"):
             _require(getattr(t, key) >= 0, f"train.{key}", "must be >= 0")
         _require(t.eval_tokens >= 1, "train.eval_tokens", "must be at least 1")
@@ -405,7 +412,9 @@ def all_keys() -> list[tuple[str, str, Any]]:
     for section, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            default = (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            )
             out.append((f"{section}.{f.name}", _type_name_full(hints[f.name]), default))
     return out
 

@@ -5,4 +5,12 @@ from symbreak.model.bias import BiasSampler, keyed_seed
 from symbreak.model.gpt import GPT, Block
 from symbreak.model.mlp import MLP, FeaturePReLU
 
-__all__ = ["GPT", "MLP", "BiasSampler", "Block", "CausalSelfAttention", "FeaturePReLU", "keyed_seed"]
+__all__ = [
+    "GPT",
+    "MLP",
+    "BiasSampler",
+    "Block",
+    "CausalSelfAttention",
+    "FeaturePReLU",
+    "keyed_seed",
+]

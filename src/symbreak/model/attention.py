@@ -43,8 +43,16 @@ class CausalSelfAttention(nn.Module):
 
         def sampler(kind: str, mean: float, std: float | list[float]) -> BiasSampler:
             return BiasSampler(
-                kind, layer, cfg.n_head, self.d_head, mean, std,
-                mode=sb.mode, per_head=sb.per_head, eval_mode=sb.eval, seed=0 if sb.seed is None else sb.seed,
+                kind,
+                layer,
+                cfg.n_head,
+                self.d_head,
+                mean,
+                std,
+                mode=sb.mode,
+                per_head=sb.per_head,
+                eval_mode=sb.eval,
+                seed=0 if sb.seed is None else sb.seed,
             )
 
         self.bias_q = sampler("q", sb.q_mean, sb.q_std) if sb.q else None

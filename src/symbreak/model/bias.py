@@ -66,14 +66,22 @@ class BiasSampler(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.kind, self.layer, self.mode, self.eval_mode, self.seed = kind, layer, mode, eval_mode, seed
+        self.kind, self.layer, self.mode, self.eval_mode, self.seed = (
+            kind,
+            layer,
+            mode,
+            eval_mode,
+            seed,
+        )
         n = n_head if per_head else 1
         shape = (1, n, 1, d_head)
         # Buffers derived from the config are non-persistent: the config rebuilds them, and
         # checkpoints hold only what training changed.
         self.register_buffer("mean", torch.full(shape, float(mean)), persistent=False)
         self.register_buffer(
-            "std", std_profile(std, d_head).to(torch.float32).expand(shape).clone(), persistent=False
+            "std",
+            std_profile(std, d_head).to(torch.float32).expand(shape).clone(),
+            persistent=False,
         )
         self._pinned: torch.Tensor | None = None
         self._pinned_step: int | None = None

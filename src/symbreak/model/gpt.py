@@ -24,6 +24,7 @@ from torch import nn
 from symbreak.config import ModelConfig, SBConfig
 from symbreak.model.attention import CausalSelfAttention
 from symbreak.model.bias import BiasSampler
+from symbreak.model.loss import linear_cross_entropy
 from symbreak.model.mlp import MLP
 
 
@@ -46,7 +47,9 @@ class GPT(nn.Module):
         sb = sb if sb is not None else SBConfig(seed=0)
         self.cfg, self.sb = cfg, sb
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_encoding == "learned" else None
+        self.wpe = (
+            nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_encoding == "learned" else None
+        )
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, sb, layer) for layer in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
@@ -69,10 +72,14 @@ class GPT(nn.Module):
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``idx``: (B, T) token ids. Returns ``(logits (B, T, V), mean cross-entropy or None)``."""
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``idx``: (B, T) token ids.
+
+        Without ``targets``: ``(logits (B, T, V), None)``. With ``targets`` (B, T):
+        ``(None, mean cross-entropy)``, computed by the fused path of ``loss.py``.
+        """
         _, T = idx.shape
-        if T > self.cfg.block_size:
+        if self.cfg.block_size < T:
             raise ValueError(f"sequence length {T} exceeds model.block_size={self.cfg.block_size}")
         x = self.wte(idx)
         if self.wpe is not None:
@@ -81,11 +88,10 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.ln_f(x)
-        logits = F.linear(x, self.wte.weight)  # tied embeddings
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
-        return logits, loss
+        if targets is None:
+            return F.linear(x, self.wte.weight), None  # tied embeddings
+        # Training and validation need only the loss: fused, chunked, no (B, T, V) logits.
+        return None, linear_cross_entropy(x, self.wte.weight, targets)
 
     # ---- symmetry-breaking biases -------------------------------------------------------
 

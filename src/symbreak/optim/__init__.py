@@ -1,0 +1,5 @@
+"""Optimizers: AdamW, SGDM (torch), SOAP (pytorch-optimizer), ECD (ours), behind one factory."""
+
+from symbreak.optim.factory import build_optimizer, lr_at, param_groups, set_lr, state_bytes
+
+__all__ = ["build_optimizer", "lr_at", "param_groups", "set_lr", "state_bytes"]

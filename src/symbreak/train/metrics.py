@@ -1,0 +1,50 @@
+"""``metrics.csv``: one row per log step; the columns the interface contract promises first."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ["step", "tokens", "train_loss", "val_loss", "lr", "tok_per_s", "elapsed_s"]
+
+
+class MetricsWriter:
+    """Append rows to ``metrics.csv``, flushed at once so a crash loses nothing written."""
+
+    def __init__(self, path: Path, extra_columns: list[str] | tuple[str, ...] = ()) -> None:
+        self.path = Path(path)
+        self.columns = COLUMNS + [c for c in extra_columns if c not in COLUMNS]
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self._f = open(self.path, "a", newline="")  # noqa: SIM115 (kept open across rows)
+        self._w = csv.DictWriter(self._f, fieldnames=self.columns, extrasaction="raise")
+        if new:
+            self._w.writeheader()
+            self._f.flush()
+
+    def write(self, **row: Any) -> None:
+        self._w.writerow({k: _fmt(row.get(k)) for k in self.columns})
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v) if not math.isfinite(v) else f"{v:.6g}"
+    return str(v)
+
+
+def read_metrics(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

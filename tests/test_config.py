@@ -1,0 +1,131 @@
+"""Config: TOML + overrides, presets, and errors that name the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from symbreak.config import PRESETS, Config, all_keys
+from symbreak.errors import ConfigError
+
+
+def test_defaults_resolve_to_the_tiny_preset_and_paper_optimizer_defaults():
+    cfg = Config.load()
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (
+        4,
+        4,
+        128,
+        128,
+    )
+    assert cfg.optim.name == "adamw" and cfg.optim.lr == 1e-4 and cfg.optim.betas == [0.9, 0.95]
+    assert cfg.optim.weight_decay == 0.01
+    assert cfg.sb.q_mean == 0.5 and cfg.sb.q_std == [0.05, 0.15] and cfg.sb.v_std == 0.05
+    assert cfg.sb.seed == cfg.train.seed
+
+
+def test_paper_preset_124m():
+    cfg = Config.load(overrides=["model.preset=124m"])
+    m = cfg.model
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.vocab_size) == (12, 12, 768, 512, 50304)
+    assert m.activation == "prelu" and m.pos_encoding == "learned"
+    assert set(PRESETS) == {"tiny", "small", "124m", "355m", "774m", "1.5b"}
+
+
+@pytest.mark.parametrize(
+    ("name", "lr", "wd"),
+    [("adamw", 1e-4, 0.01), ("sgdm", 0.03, 0.0), ("soap", 3e-4, 0.01), ("ecd", 1.0, 0.0)],
+)
+def test_optimizer_defaults_follow_the_paper(name, lr, wd):
+    cfg = Config.load(overrides=[f"optim.name={name}"])
+    assert cfg.optim.lr == lr and cfg.optim.weight_decay == wd
+
+
+def test_toml_then_overrides_take_precedence(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[model]\nn_layer = 3\n[sb]\nq = true\nq_std = 0.1\n[train]\nname = "x"\n')
+    cfg = Config.load(f, ["model.n_layer=5", "sb.v_mean=0.5", "optim.F0=auto", "train.name=007"])
+    assert cfg.model.n_layer == 5 and cfg.model.n_head == 4  # rest of the preset kept
+    assert cfg.sb.q and cfg.sb.q_std == 0.1 and cfg.sb.v_mean == 0.5
+    assert cfg.optim.F0 == "auto"
+    assert cfg.train.name == "007"  # a str field keeps the text, not the int 7
+
+
+def test_resolved_config_round_trips_through_toml(tmp_path):
+    cfg = Config.load(overrides=["sb.q=true", "optim.name=sgdm", "model.preset=small"])
+    f = tmp_path / "config.toml"
+    f.write_text(cfg.to_toml())
+    assert Config.load(f) == cfg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["optim.nme=sgdm"], "optim.nme"),
+        (["optim.nme=sgdm"], "did you mean 'optim.name'"),
+        (["modle.n_layer=2"], "modle.n_layer"),
+        (["sb.q=maybe"], "sb.q"),
+        (["train.batch_size=3.5"], "train.batch_size"),
+        (["model.n_head=5"], "model.n_head"),
+        (["model.activation=relu"], "model.activation"),
+        (["sb.q_std=[0.1]"], "sb.q_std"),
+        (["train.batch_size=8", "train.micro_batch_size=3"], "train.micro_batch_size"),
+        (["optim.F0=lots"], "optim.F0"),
+        (["train.device=tpu"], "train.device"),
+        (["justtext"], "section.key=value"),
+        (["optim.lr=-1"], "optim.lr"),
+    ],
+)
+def test_config_errors_name_the_key(overrides, needle):
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("(", r"\(")):
+        Config.load(overrides=overrides)
+
+
+def test_toml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        Config.load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        Config.load(bad)
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[modle]\nn_layer = 2\n")
+    with pytest.raises(ConfigError, match=r"unknown section \[modle\]"):
+        Config.load(unknown)
+
+
+def test_token_budget_sets_the_step_count():
+    cfg = Config.load(overrides=["train.max_tokens=10000", "train.batch_size=4"])
+    assert cfg.tokens_per_step == 4 * 128
+    assert cfg.total_steps == 20  # ceil(10000 / 512)
+
+
+def test_every_key_is_documented_in_the_readme():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    missing = [k for k, _, _ in all_keys() if f"`{k}`" not in readme]
+    assert not missing, f"README.md lacks {missing}"
+
+
+def test_cli_config_error_is_one_line_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "symbreak", "train", "model.n_head=5", f"train.out_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "model.n_embd" in lines[0]
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_print_config(capsys):
+    from symbreak.cli import main
+
+    assert main(["train", "--print-config", "sb.q=true"]) == 0
+    out = capsys.readouterr().out
+    assert "[sb]" in out and "q = true" in out

@@ -22,7 +22,7 @@ run: setup
 	$(BIN)/symbreak train -c configs/demo.toml train.name=demo-$$(date +%Y%m%d-%H%M%S)
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check .
 
 test: setup lint
 	$(BIN)/python -m pytest -q

@@ -9,7 +9,6 @@ of the same global batch without talking to the others.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,6 +22,7 @@ import torch
 from symbreak.data.corpus import META_FILE, cached_shakespeare
 from symbreak.data.shards import read_shard
 from symbreak.errors import DataError
+from symbreak.seeding import keyed_seed
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -126,12 +126,6 @@ def find_shards(directory: str | os.PathLike[str]) -> tuple[list[Path], list[Pat
     return train, val
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """A stable 63-bit seed for (seed, epoch); unlike hash(), identical in every process."""
-    digest = hashlib.blake2b(f"symbreak-epoch:{seed}:{epoch}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
 class TrainBatches:
     """Deterministic, resumable, rank-disjoint training batches.
 
@@ -178,7 +172,7 @@ class TrainBatches:
     def _perm(self, epoch: int) -> np.ndarray:
         perm = self._perms.get(epoch)
         if perm is None:
-            gen = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+            gen = torch.Generator().manual_seed(keyed_seed("symbreak-epoch", self.seed, epoch))
             perm = torch.randperm(len(self.windows), generator=gen).numpy()
             if len(self._perms) >= 2:  # a batch spans at most two epochs in practice
                 self._perms.pop(min(self._perms))

@@ -25,16 +25,10 @@ global RNG: each uses its own ``torch.Generator`` seeded from a hash of its key.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 from torch import nn
 
-
-def keyed_seed(*key: object) -> int:
-    """A 63-bit seed from a key; stable across processes, platforms and Python versions."""
-    digest = hashlib.blake2b(":".join(map(str, key)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+from symbreak.seeding import keyed_seed
 
 
 def std_profile(std: float | list[float], d_head: int) -> torch.Tensor:

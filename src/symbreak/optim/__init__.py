@@ -1,5 +1,6 @@
 """Optimizers: AdamW, SGDM (torch), SOAP (pytorch-optimizer), ECD (ours), behind one factory."""
 
+from symbreak.optim.ecd import ECD
 from symbreak.optim.factory import build_optimizer, lr_at, param_groups, set_lr, state_bytes
 
-__all__ = ["build_optimizer", "lr_at", "param_groups", "set_lr", "state_bytes"]
+__all__ = ["ECD", "build_optimizer", "lr_at", "param_groups", "set_lr", "state_bytes"]

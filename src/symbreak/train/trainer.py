@@ -123,7 +123,9 @@ def train(cfg: Config) -> RunSummary:
     window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0
     last_train_loss = float("nan")
     bar = tqdm(total=total, disable=not t.progress, unit="step", dynamic_ncols=True, desc=t.name)
-    with MetricsWriter(run_dir / "metrics.csv") as metrics:
+    # ECD reports steps it refused to take (V - F0 <= eps2); they belong next to the loss.
+    extra = ["frozen_steps"] if hasattr(optimizer, "frozen_steps") else []
+    with MetricsWriter(run_dir / "metrics.csv", extra) as metrics:
         metrics.write(
             step=0, tokens=0, val_loss=val_loss, lr=lr_at(0, cfg.optim, total), elapsed_s=0.0
         )
@@ -178,6 +180,7 @@ def train(cfg: Config) -> RunSummary:
                     lr=lr,
                     tok_per_s=tok_s,
                     elapsed_s=time.perf_counter() - start,
+                    **{k: getattr(optimizer, k) for k in extra},
                 )
                 bar.set_postfix(
                     loss=f"{last_train_loss:.3f}",

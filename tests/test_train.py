@@ -11,7 +11,7 @@ import torch
 
 from symbreak.config import Config
 from symbreak.data import prepare_texts
-from symbreak.errors import ConfigError, DataError
+from symbreak.errors import ConfigError, DataError, TrainingError
 from symbreak.model import GPT
 from symbreak.train.checkpoint import load_model_weights, read_state, resolve_checkpoint
 from symbreak.train.metrics import COLUMNS, read_metrics
@@ -145,3 +145,34 @@ def test_cli_train_reports_a_data_error_in_one_line(tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_ecd_trains_and_the_logged_lr_is_the_applied_one(tmp_path, cache_dir):
+    from symbreak.optim import lr_at
+
+    cfg, summary = run(tmp_path, cache_dir, "optim.name=ecd", "optim.schedule=cosine",
+                       "optim.warmup_steps=2", "train.max_steps=8", "train.log_every=1",
+                       "model.n_layer=1", "train.name=ecd")
+    rows = read_metrics(tmp_path / "ecd" / "metrics.csv")
+    assert "frozen_steps" in rows[0] and all(r["frozen_steps"] == "0" for r in rows[1:])
+    for r in rows[1:]:
+        step = int(r["step"])  # the row after optimizer step `step` used lr_at(step - 1)
+        assert float(r["lr"]) == pytest.approx(lr_at(step - 1, cfg.optim, 8), rel=1e-5)
+    assert len({r["lr"] for r in rows[1:]}) > 3  # the schedule really moved
+    assert summary.final_val_loss < summary.initial_val_loss
+
+
+def test_ecd_with_F0_above_the_starting_loss_stops_with_a_clear_error(tmp_path, cache_dir):
+    with pytest.warns(RuntimeWarning, match="F0"), pytest.raises(TrainingError, match="optim.F0"):
+        run(tmp_path, cache_dir, "optim.name=ecd", "optim.F0=50", "train.max_steps=3",
+            "model.n_layer=1", "train.name=frozen")
+
+
+def test_ecd_frozen_steps_are_counted_in_the_metrics(tmp_path, cache_dir):
+    # F0 between the final and the starting loss: ECD moves at first, then freezes
+    with pytest.warns(RuntimeWarning, match="F0"):
+        run(tmp_path, cache_dir, "optim.name=ecd", "optim.F0=10.7", "train.max_steps=6",
+            "train.log_every=1", "model.n_layer=1", "train.name=frozen")
+    rows = read_metrics(tmp_path / "frozen" / "metrics.csv")
+    frozen = [int(r["frozen_steps"]) for r in rows[1:]]
+    assert frozen[0] == 0 and frozen[-1] > 0 and frozen == sorted(frozen)

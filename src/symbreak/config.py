@@ -96,12 +96,15 @@ class OptimConfig:
     precondition_frequency: int = 10  # soap
     eta: float = 100.0  # ecd
     F0: float | str = 2.0  # ecd: a number, or "auto"
+    F0_margin: float = 1.0  # ecd: F0 = lowest loss seen - margin when F0 = "auto"
     nu: float = 0.0  # ecd
     cons_en: bool = True  # ecd
     projection: str = _choices("global", "per_tensor", default="global")  # ecd
     decay_all: bool = False  # True: weight decay on every tensor (the paper's runs)
-    schedule: str = _choices("constant", default="constant")
+    schedule: str = _choices("constant", "cosine", "linear", "wsd", default="constant")
     warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine/linear/wsd end at lr * min_lr_ratio
+    wsd_decay_fraction: float = 0.2  # wsd: the last 20% of steps decay linearly
     grad_clip: float = 0.0  # 0: off
 
 
@@ -255,6 +258,9 @@ class Config:
             f"must be a number or 'auto', got {o.F0!r}",
         )
         _require(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+        _require(0 < o.wsd_decay_fraction <= 1, "optim.wsd_decay_fraction", "must be in (0, 1]")
+        _require(o.F0_margin > 0, "optim.F0_margin", "must be > 0")
         _require(o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 turns clipping off)")
         _require(t.batch_size >= 1, "train.batch_size", "must be at least 1")
         _require(t.micro_batch_size >= 0, "train.micro_batch_size", "must be >= 0")

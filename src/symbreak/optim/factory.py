@@ -5,6 +5,8 @@ Defaults are the paper's (DESIGN.md section 2; :data:`symbreak.config.OPTIM_DEFA
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -102,14 +104,36 @@ def seed_velocity(opt: torch.optim.SGD, std: float, seed: int) -> None:
 
 
 def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
-    """The learning rate applied at optimizer step ``step`` (0-based).
+    """The learning rate applied at optimizer step ``step`` (0-based) of ``total_steps``.
 
-    ``constant`` (the paper's) after an optional linear warm-up of ``optim.warmup_steps``.
+    A linear warm-up over ``optim.warmup_steps`` (from lr/warmup to lr), then, with
+    ``p = (step - warmup) / (total - warmup)`` in [0, 1) and ``lo = lr * min_lr_ratio``:
+
+    * ``constant`` (the paper's): ``lr``
+    * ``cosine``: ``lo + (lr - lo) (1 + cos(pi p)) / 2``
+    * ``linear``: ``lr - (lr - lo) p``
+    * ``wsd`` (warmup-stable-decay): ``lr`` until the last ``wsd_decay_fraction`` of the steps,
+      then linear down to ``lo`` over them.
+
+    The last step's lr is one decrement above ``lo``, so no step is wasted at lr = 0.
     """
-    del total_steps  # used by the decaying schedules
-    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    return cfg.lr
+    lr, warm = cfg.lr, cfg.warmup_steps
+    if warm > 0 and step < warm:
+        return lr * (step + 1) / warm
+    if cfg.schedule == "constant":
+        return lr
+    lo = lr * cfg.min_lr_ratio
+    span = max(1, total_steps - warm)
+    p = min(max((step - warm) / span, 0.0), 1.0)
+    if cfg.schedule == "cosine":
+        return lo + (lr - lo) * 0.5 * (1.0 + math.cos(math.pi * p))
+    if cfg.schedule == "linear":
+        return lr - (lr - lo) * p
+    if cfg.schedule == "wsd":
+        decay = max(1, round(span * cfg.wsd_decay_fraction))
+        q = (step - warm - (span - decay)) / decay
+        return lr if q < 0 else lr - (lr - lo) * q
+    raise ValueError(f"unknown schedule {cfg.schedule!r}")
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:

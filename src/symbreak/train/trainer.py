@@ -156,6 +156,13 @@ def train(cfg: Config) -> RunSummary:
                 optimizer.step(loss=step_loss)
             else:
                 optimizer.step()
+            if step == 0 and getattr(optimizer, "frozen_steps", 0):
+                # F0 above the starting loss: nothing would ever move. (Later freezes, when the
+                # loss has come down to F0, are warned about once and counted in metrics.csv.)
+                raise TrainingError(
+                    f"ECD cannot move: optim.F0={cfg.optim.F0} is not below the loss "
+                    f"{loss_value:.4g} at the first step; set optim.F0 lower or optim.F0=auto"
+                )
             optimizer.zero_grad(set_to_none=True)
             dt = time.perf_counter() - t0
             train_time += dt

@@ -163,7 +163,7 @@ def test_ecd_trains_and_the_logged_lr_is_the_applied_one(tmp_path, cache_dir):
 
 
 def test_ecd_with_F0_above_the_starting_loss_stops_with_a_clear_error(tmp_path, cache_dir):
-    with pytest.warns(RuntimeWarning, match="F0"), pytest.raises(TrainingError, match="optim.F0"):
+    with pytest.warns(RuntimeWarning, match="F0"), pytest.raises(TrainingError, match=r"optim\.F0"):
         run(tmp_path, cache_dir, "optim.name=ecd", "optim.F0=50", "train.max_steps=3",
             "model.n_layer=1", "train.name=frozen")
 

@@ -75,8 +75,10 @@ def test_thirty_steps_on_the_tiny_preset_lower_the_training_loss(tmp_path, cache
 def test_a_finished_run_is_not_overwritten(tmp_path, cache_dir):
     run(tmp_path, cache_dir, "train.max_steps=1", "train.name=x")
     before = (tmp_path / "x" / "metrics.csv").read_text()
+    _, summary = run(tmp_path, cache_dir, "train.max_steps=1", "train.name=x")
+    assert "already complete" in summary.lines()[0]
     with pytest.raises(ConfigError, match="already holds"):
-        run(tmp_path, cache_dir, "train.max_steps=1", "train.name=x")
+        run(tmp_path, cache_dir, "train.max_steps=1", "train.name=x", "train.resume=never")
     assert (tmp_path / "x" / "metrics.csv").read_text() == before
 
 

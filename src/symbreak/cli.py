@@ -22,19 +22,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_toml(), end="")
         return 0
+    from symbreak.train.distributed import is_main_process
     from symbreak.train.trainer import train
 
+    main_process = is_main_process()  # under torchrun only rank 0 talks
     sb = [k for k in ("q", "k", "v") if getattr(cfg.sb, k)]
-    print(
-        f"symbreak {__version__}: training '{cfg.train.name}': preset {cfg.model.preset} "
-        f"(L{cfg.model.n_layer} H{cfg.model.n_head} C{cfg.model.n_embd} T{cfg.model.block_size}), "
-        f"{cfg.optim.name} lr {cfg.optim.lr:g}, symmetry breaking: "
-        f"{'+'.join('b' + k.upper() for k in sb) + f' ({cfg.sb.mode})' if sb else 'off'}, "
-        f"{cfg.total_steps} steps x {cfg.tokens_per_step} tokens",
-        flush=True,
-    )
+    m = cfg.model
+    if main_process:
+        print(
+            f"symbreak {__version__}: training '{cfg.train.name}': preset {m.preset} "
+            f"(L{m.n_layer} H{m.n_head} C{m.n_embd} T{m.block_size}), "
+            f"{cfg.optim.name} lr {cfg.optim.lr:g}, symmetry breaking: "
+            f"{'+'.join('b' + k.upper() for k in sb) + f' ({cfg.sb.mode})' if sb else 'off'}, "
+            f"{cfg.total_steps} steps x {cfg.tokens_per_step} tokens",
+            flush=True,
+        )
     summary = train(cfg)
-    print("\n".join(summary.lines()))
+    if main_process:
+        print("\n".join(summary.lines()))
     return 0
 
 

@@ -132,7 +132,12 @@ class TrainConfig:
     dtype: str = _choices("auto", "fp32", "bf16", default="auto")  # auto: bf16 on CUDA
     compile: bool = False
     checkpoint_every: int = 0  # steps; 0: only at the end
+    keep_checkpoints: int = 3  # newest checkpoints kept; 0: all
+    resume: str = _choices("auto", "never", default="auto")
+    skip_nonfinite: int = 0  # steps with a NaN/inf loss to skip before stopping
     progress: bool = True
+    tensorboard: bool = False
+    wandb: bool = False
 
 
 SECTIONS: dict[str, type] = {
@@ -276,7 +281,8 @@ class Config:
             "train.max_steps",
             "set train.max_steps or train.max_tokens to a positive budget",
         )
-        for key in ("eval_every", "eval_tokens", "log_every", "checkpoint_every"):
+        for key in ("eval_every", "eval_tokens", "log_every", "checkpoint_every",
+                    "keep_checkpoints", "skip_nonfinite"):
             _require(getattr(t, key) >= 0, f"train.{key}", "must be >= 0")
         _require(t.eval_tokens >= 1, "train.eval_tokens", "must be at least 1")
         _require(t.log_every >= 1, "train.log_every", "must be at least 1")

@@ -11,28 +11,39 @@ from symbreak.model import GPT
 
 
 @torch.no_grad()
+def loss_sums(
+    model: GPT,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    ctx: contextlib.AbstractContextManager | None = None,
+) -> torch.Tensor:
+    """``[sum of per-token cross-entropy, token count]`` (float64) over ``batches``.
+
+    Sums rather than a mean, so data-parallel ranks (whose shares of the held-out set may differ
+    by a batch) can add theirs up before dividing. Runs in eval mode (biases at ``sb.eval``) and
+    restores the model's mode afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    out = torch.zeros(2, dtype=torch.float64, device=device)
+    try:
+        for x, y in batches:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with ctx if ctx is not None else contextlib.nullcontext():
+                _, loss = model(x, y)
+            out[0] += loss.double() * y.numel()
+            out[1] += y.numel()
+    finally:
+        model.train(was_training)
+    return out
+
+
 def evaluate_loss(
     model: GPT,
     batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     ctx: contextlib.AbstractContextManager | None = None,
 ) -> float:
-    """Mean cross-entropy per token over ``batches``, in eval mode (biases at ``sb.eval``).
-
-    Batches may differ in size (the last one of a held-out set usually does), so each batch's
-    mean is weighted by its token count. The model's train/eval mode is restored afterwards.
-    """
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
-    try:
-        for x, y in batches:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with ctx if ctx is not None else contextlib.nullcontext():
-                _, loss = model(x, y)
-            total += loss.double() * y.numel()
-            count += y.numel()
-    finally:
-        model.train(was_training)
-    return (total / max(count, 1)).item()
+    """Mean cross-entropy per token over ``batches`` (each batch weighted by its tokens)."""
+    total, count = loss_sums(model, batches, device, ctx).tolist()
+    return total / max(count, 1.0)

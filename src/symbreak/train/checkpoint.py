@@ -207,9 +207,13 @@ def read_state(ckpt: Path) -> dict[str, Any]:
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Load a safetensors file (no pickle involved), with a clear error when it is corrupt."""
     try:
-        return load_file(str(path))
+        loaded = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    # Own, freshly allocated copies: tensors from load_file sit at arbitrary offsets of the file
+    # buffer, and CPU reductions (BLAS dot) sum in an alignment-dependent order, so a resumed
+    # optimizer holding such tensors would drift from an uninterrupted run by rounding.
+    return {k: v.clone() for k, v in loaded.items()}
 
 
 def load_model_weights(model: torch.nn.Module, ckpt: Path) -> None:
@@ -238,3 +242,21 @@ def load_model_weights(model: torch.nn.Module, ckpt: Path) -> None:
 def load_optimizer_state(optimizer: torch.optim.Optimizer, ckpt: Path, state: dict) -> None:
     tensors = read_tensors(ckpt / "optimizer.safetensors")
     optimizer.load_state_dict(decode_tree(state["optimizer"], tensors))
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints (0 keeps all); never the one ``latest``
+    names. Also clears temporary directories left by writes that were killed."""
+    root = Path(run_dir) / "checkpoints"
+    latest = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else None
+    removed = []
+    for tmp in root.glob(".tmp-step_*"):
+        if not tmp.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(tmp, ignore_errors=True)
+    if keep > 0:
+        steps = sorted(p for p in root.glob("step_*") if p.is_dir())
+        for old in steps[:-keep]:
+            if old.name != latest:
+                shutil.rmtree(old, ignore_errors=True)
+                removed.append(old)
+    return removed

@@ -13,9 +13,18 @@ COLUMNS = ["step", "tokens", "train_loss", "val_loss", "lr", "tok_per_s", "elaps
 class MetricsWriter:
     """Append rows to ``metrics.csv``, flushed at once so a crash loses nothing written."""
 
-    def __init__(self, path: Path, extra_columns: list[str] | tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        path: Path,
+        extra_columns: list[str] | tuple[str, ...] = (),
+        resume_step: int | None = None,
+    ) -> None:
+        """With ``resume_step``, rows logged after that step (by a run that died before its next
+        checkpoint) are dropped first, so the file reads as if the run had never stopped."""
         self.path = Path(path)
         self.columns = COLUMNS + [c for c in extra_columns if c not in COLUMNS]
+        if resume_step is not None and self.path.exists():
+            _truncate_after(self.path, resume_step)
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._f = open(self.path, "a", newline="")  # noqa: SIM115 (kept open across rows)
         self._w = csv.DictWriter(self._f, fieldnames=self.columns, extrasaction="raise")
@@ -43,6 +52,21 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return repr(v) if not math.isfinite(v) else f"{v:.6g}"
     return str(v)
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    with open(path, newline="") as f:
+        lines = f.readlines()
+    n_fields = lines[0].count(",") if lines else 0
+    kept = lines[:1] + [
+        ln
+        for ln in lines[1:]
+        if ln.endswith("\n") and ln.count(",") == n_fields and int(ln.split(",", 1)[0]) <= step
+    ]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        f.writelines(kept)
+    tmp.replace(path)
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:

@@ -1,35 +1,59 @@
-"""The training loop behind ``symbreak train``.
+"""The training loop behind ``symbreak train``: single process or DDP, resumable bit for bit.
 
 One optimizer step::
 
-    pin the symmetry-breaking draws of this step (keyed by (seed, step, layer))
+    pin the symmetry-breaking draws of this step (keyed by (seed, step, layer): all ranks agree)
     for each micro-batch of this rank:  loss_m = CE(model(x), y);  (loss_m / accum).backward()
-    clip (optional); optimizer.step()   (ECD also receives the step's mean loss)
+    all-reduce [mean loss, stop flag]   (DDP has averaged the gradients during backward)
+    clip (optional); optimizer.step()   (ECD also receives the global mean loss)
 
-``train.batch_size`` sequences per step in total, ``train.micro_batch_size`` per forward; the
-accumulation count follows. Validation runs on a fixed held-out set (``train.eval_tokens``),
-the same batches every time, with the biases at their evaluation setting (``sb.eval``).
+``train.batch_size`` sequences per step in total, over all ranks; ``train.micro_batch_size``
+per forward per rank; the accumulation count follows. Validation runs on a fixed held-out set
+(``train.eval_tokens``), the same batches every time, with the biases at ``sb.eval``.
+
+Resuming: the data order and the bias draws are pure functions of the step, so a checkpoint
+needs only the model, the optimizer (ECD's noise generator included), torch's RNG state and the
+loop's counters. A resumed run continues exactly where the checkpoint was written; rows of
+``metrics.csv`` logged after that checkpoint (by a run that died) are dropped first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from symbreak.config import Config
 from symbreak.data import TrainBatches, load_data, val_batches
-from symbreak.errors import ConfigError, TrainingError
-from symbreak.eval.val_loss import evaluate_loss
+from symbreak.errors import CheckpointError, ConfigError, TrainingError
+from symbreak.eval.val_loss import loss_sums
 from symbreak.model import GPT
 from symbreak.optim import build_optimizer, lr_at, set_lr
-from symbreak.train.checkpoint import LATEST, save_checkpoint
+from symbreak.train.checkpoint import (
+    LATEST,
+    load_model_weights,
+    load_optimizer_state,
+    prune_checkpoints,
+    read_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from symbreak.train.distributed import DistEnv, init_distributed
+from symbreak.train.loggers import build_loggers
 from symbreak.train.metrics import MetricsWriter
+
+# Config keys that define what a run *is*: resuming with another value would silently train a
+# different model or on other data. Everything else (budget, logging, lr, ...) may change.
+IDENTITY_KEYS = ("model", "sb", "optim.name", "data.source", "train.seed", "train.batch_size")
 
 
 @dataclass
@@ -46,26 +70,30 @@ class RunSummary:
     elapsed_s: float
     device: str
     dtype: str
+    world_size: int = 1
+    resumed_from: int | None = None
+    stopped_by: str | None = None  # a signal name when interrupted
+    notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        return [
+        out = list(self.notes)
+        out += [
             f"run          {self.run_dir}",
-            f"model        {self.params / 1e6:.2f}M parameters on {self.device} ({self.dtype})",
-            f"trained      {self.steps} steps, {self.tokens:,} tokens in {self.elapsed_s:.1f} s "
-            f"({self.tok_per_s:,.0f} tokens/s)",
+            f"model        {self.params / 1e6:.2f}M parameters on {self.device} ({self.dtype})"
+            + (f" x {self.world_size} processes" if self.world_size > 1 else ""),
+            f"trained      {self.steps} steps, {self.tokens:,} tokens"
+            + (f" (resumed at step {self.resumed_from})" if self.resumed_from else "")
+            + (f"; {self.tok_per_s:,.0f} tokens/s" if math.isfinite(self.tok_per_s) else ""),
             f"train loss   {self.final_train_loss:.4f} (mean of the last log interval)",
             f"val loss     {self.initial_val_loss:.4f} at start -> {self.final_val_loss:.4f} "
-            f"at end (best {self.best_val_loss:.4f})",
+            f"at step {self.steps} (best {self.best_val_loss:.4f})",
         ]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but CUDA is not available; use train.device=cpu")
-    return dev
+        if self.stopped_by:
+            out.append(
+                f"stopped by {self.stopped_by} after step {self.steps}; a checkpoint was written. "
+                "Run the same command again to resume."
+            )
+        return out
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -83,162 +111,372 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 
 def train(cfg: Config) -> RunSummary:
     """Train ``cfg`` (resolved) into ``<train.out_dir>/<train.name>``; return a summary."""
-    t = cfg.train
-    run_dir = Path(t.out_dir) / t.name
-    if (run_dir / "checkpoints" / LATEST).exists():
-        raise ConfigError(
-            f"{run_dir} already holds a trained run; choose another train.name=... or delete it"
+    env = init_distributed(cfg.train.device)
+    try:
+        return Trainer(cfg, env).run()
+    finally:
+        env.close()
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM ask the loop to stop after the current step (a second SIGINT aborts)."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        with contextlib.suppress(ValueError):  # not the main thread: leave handlers alone
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signal_name == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, env: DistEnv) -> None:
+        self.cfg, self.env = cfg, env
+        t = cfg.train
+        self.run_dir = Path(t.out_dir) / t.name
+        self.device = env.device
+        self.dtype = resolve_dtype(t.dtype, self.device)
+        self.total = cfg.total_steps
+        self.tokens_per_step = cfg.tokens_per_step
+        self.micro = t.micro_batch_size or max(1, t.batch_size // env.world_size)
+        self.stopper = _StopOnSignal()
+
+    # ---- set-up ------------------------------------------------------------------------------
+
+    def _resume_point(self) -> tuple[Path | None, dict | None]:
+        """The checkpoint to resume from (checked for compatibility), or (None, None)."""
+        if not (self.run_dir / "checkpoints" / LATEST).exists():
+            return None, None
+        ckpt = resolve_checkpoint(self.run_dir)
+        state = read_state(ckpt)
+        if self.cfg.train.resume == "never":
+            raise ConfigError(
+                f"{self.run_dir} already holds a run (checkpoint at step {state['step']}) and "
+                "train.resume=never; choose another train.name or use train.resume=auto"
+            )
+        _check_compatible(Config.from_dict(state["config"], origin=str(ckpt)), self.cfg, ckpt)
+        return ckpt, state
+
+    def _summary(self, model: GPT | None, state: dict, **kw: Any) -> RunSummary:
+        return RunSummary(
+            run_dir=str(self.run_dir),
+            steps=state["step"],
+            tokens=state["step"] * self.tokens_per_step,
+            params=model.num_params() if model is not None else state.get("params", 0),
+            initial_val_loss=state["initial_val_loss"],
+            final_val_loss=state["val_loss"],
+            best_val_loss=state["best_val_loss"],
+            final_train_loss=state["last_train_loss"],
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            world_size=self.env.world_size,
+            **kw,
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(run_dir / "config.toml", cfg.to_toml())
 
-    device = resolve_device(t.device)
-    dtype = resolve_dtype(t.dtype, device)
-    torch.manual_seed(t.seed)
+    # ---- the run -------------------------------------------------------------------------------
 
-    data = load_data(
-        cfg.data.source,
-        cfg.model.block_size,
-        cfg.model.vocab_size,
-        cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
-    )
-    model = GPT(cfg.model, cfg.sb).to(device)
-    optimizer = build_optimizer(model, cfg.optim, seed=t.seed)
-    needs_loss = getattr(optimizer, "needs_loss", False)
+    def run(self) -> RunSummary:
+        # Signals are caught from the start: a SIGTERM during set-up still ends in a checkpoint.
+        with self.stopper:
+            return self._run()
 
-    micro = t.micro_batch_size or t.batch_size
-    batches = TrainBatches(data.train, t.batch_size, micro, seed=t.seed)
-    held_out = val_batches(data.val, t.eval_tokens, micro)
-    step_model = torch.compile(model) if t.compile else model
-    total = cfg.total_steps
-    tokens_per_step = cfg.tokens_per_step
+    def _run(self) -> RunSummary:
+        cfg, t, env = self.cfg, self.cfg.train, self.env
+        ckpt, resumed = self._resume_point()  # every check before anything is written
+        if resumed is not None and resumed["step"] >= self.total:
+            return self._summary(
+                None,
+                resumed,
+                tok_per_s=float("nan"),
+                elapsed_s=0.0,
+                notes=[
+                    f"{self.run_dir} is already complete at step {resumed['step']}; nothing to do"
+                ],
+            )
 
-    def validate() -> float:
-        return evaluate_loss(model, held_out, device, autocast(device, dtype))
-
-    val_loss = validate()
-    initial_val = best_val = val_loss
-    start = time.perf_counter()
-    train_time = 0.0
-    window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0
-    last_train_loss = float("nan")
-    bar = tqdm(total=total, disable=not t.progress, unit="step", dynamic_ncols=True, desc=t.name)
-    # ECD reports steps it refused to take (V - F0 <= eps2); they belong next to the loss.
-    extra = ["frozen_steps"] if hasattr(optimizer, "frozen_steps") else []
-    with MetricsWriter(run_dir / "metrics.csv", extra) as metrics:
-        metrics.write(
-            step=0, tokens=0, val_loss=val_loss, lr=lr_at(0, cfg.optim, total), elapsed_s=0.0
+        torch.manual_seed(t.seed)
+        data = load_data(
+            cfg.data.source,
+            cfg.model.block_size,
+            cfg.model.vocab_size,
+            cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
         )
-        for step in range(total):
-            t0 = time.perf_counter()
-            lr = lr_at(step, cfg.optim, total)
-            set_lr(optimizer, lr)
-            model.train()
-            model.pin_biases(step)
-            loss_sum = torch.zeros((), device=device)
-            micro_batches = batches.micro_batches(step)
-            for x, y in micro_batches:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with autocast(device, dtype):
-                    _, loss = step_model(x, y)
-                (loss / len(micro_batches)).backward()
-                loss_sum += loss.detach()
-            step_loss = loss_sum / len(micro_batches)
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            loss_value = step_loss.item()  # the one host synchronisation of the step
-            if not math.isfinite(loss_value):
-                raise TrainingError(
-                    f"training loss is {loss_value} at step {step + 1}; the run diverged: "
-                    "lower optim.lr (or enable optim.grad_clip) and start a new run"
-                )
-            if needs_loss:
-                optimizer.step(loss=step_loss)
-            else:
-                optimizer.step()
-            if step == 0 and getattr(optimizer, "frozen_steps", 0):
-                # F0 above the starting loss: nothing would ever move. (Later freezes, when the
-                # loss has come down to F0, are warned about once and counted in metrics.csv.)
-                raise TrainingError(
-                    f"ECD cannot move: optim.F0={cfg.optim.F0} is not below the loss "
-                    f"{loss_value:.4g} at the first step; set optim.F0 lower or optim.F0=auto"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            dt = time.perf_counter() - t0
-            train_time += dt
-            done = step + 1
-            window_loss += loss_value
-            window_steps += 1
-            window_tokens += tokens_per_step
-            window_time += dt
+        model = GPT(cfg.model, cfg.sb).to(self.device)
+        optimizer = build_optimizer(model, cfg.optim, seed=t.seed)
+        needs_loss = getattr(optimizer, "needs_loss", False)
+        batches = TrainBatches(
+            data.train,
+            t.batch_size,
+            self.micro,
+            seed=t.seed,
+            rank=env.rank,
+            world_size=env.world_size,
+        )
+        held_out = val_batches(data.val, t.eval_tokens, self.micro, env.rank, env.world_size)
 
-            is_eval = done == total or (t.eval_every and done % t.eval_every == 0)
-            if is_eval:
-                val_loss = validate()
-                best_val = min(best_val, val_loss)
-            if is_eval or done % t.log_every == 0:
-                last_train_loss = window_loss / window_steps
-                tok_s = window_tokens / max(window_time, 1e-9)
+        state: dict[str, Any] = {
+            "step": 0,
+            "window": [0.0, 0, 0, 0.0],
+            "nonfinite": 0,
+            "last_train_loss": float("nan"),
+        }
+        if resumed is not None:
+            load_model_weights(model, ckpt)
+            load_optimizer_state(optimizer, ckpt, resumed)
+            torch.set_rng_state(torch.tensor(resumed["rng"]["torch"], dtype=torch.uint8))
+            if self.device.type == "cuda" and resumed["rng"].get("cuda"):
+                torch.cuda.set_rng_state(torch.tensor(resumed["rng"]["cuda"], dtype=torch.uint8))
+            state.update(
+                {
+                    k: resumed[k]
+                    for k in (
+                        "step",
+                        "window",
+                        "nonfinite",
+                        "val_loss",
+                        "best_val_loss",
+                        "initial_val_loss",
+                        "last_train_loss",
+                    )
+                }
+            )
+
+        wrapped = DistributedDataParallel(model) if env.enabled else model
+        step_model = torch.compile(wrapped) if t.compile else wrapped
+        ctx = autocast(self.device, self.dtype)
+
+        def validate() -> float:
+            total, count = env.all_reduce(loss_sums(model, held_out, self.device, ctx)).tolist()
+            return total / max(count, 1.0)
+
+        main = env.is_main
+        extra = ["frozen_steps"] if hasattr(optimizer, "frozen_steps") else []
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _write_text_atomic(self.run_dir / "config.toml", cfg.to_toml())
+        metrics = (
+            MetricsWriter(
+                self.run_dir / "metrics.csv", extra, resume_step=state["step"] if resumed else None
+            )
+            if main
+            else None
+        )
+        loggers = build_loggers(cfg, self.run_dir) if main else []
+
+        if resumed is None:
+            val = validate()
+            state.update(val_loss=val, best_val_loss=val, initial_val_loss=val)
+            if metrics:
                 metrics.write(
-                    step=done,
-                    tokens=done * tokens_per_step,
-                    train_loss=last_train_loss,
-                    val_loss=val_loss if is_eval else None,
-                    lr=lr,
-                    tok_per_s=tok_s,
-                    elapsed_s=time.perf_counter() - start,
-                    **{k: getattr(optimizer, k) for k in extra},
+                    step=0,
+                    tokens=0,
+                    val_loss=val,
+                    lr=lr_at(0, cfg.optim, self.total),
+                    elapsed_s=0.0,
+                    **{k: 0 for k in extra},
                 )
-                bar.set_postfix(
-                    loss=f"{last_train_loss:.3f}",
-                    val=f"{val_loss:.3f}",
-                    tok_s=f"{tok_s:,.0f}",
-                    refresh=False,
+        start_step = state["step"]
+        start = time.perf_counter()
+        train_time = 0.0
+        bar = tqdm(
+            total=self.total,
+            initial=start_step,
+            disable=not (t.progress and main),
+            unit="step",
+            dynamic_ncols=True,
+            desc=t.name,
+        )
+        stopper = self.stopper
+        try:
+            for step in range(start_step, self.total):
+                t0 = time.perf_counter()
+                lr = lr_at(step, cfg.optim, self.total)
+                set_lr(optimizer, lr)
+                model.train()
+                model.pin_biases(step)
+                mbs = batches.micro_batches(step)
+                loss_sum = torch.zeros((), device=self.device)
+                for i, (x, y) in enumerate(mbs):
+                    x = x.to(self.device, non_blocking=True)
+                    y = y.to(self.device, non_blocking=True)
+                    sync = (
+                        wrapped.no_sync()
+                        if env.enabled and i < len(mbs) - 1
+                        else contextlib.nullcontext()
+                    )
+                    with sync:
+                        with ctx:
+                            _, loss = step_model(x, y)
+                        (loss / len(mbs)).backward()
+                    loss_sum += loss.detach()
+                # One all-reduce and one host sync per step: the global loss and the stop flag.
+                stats = torch.stack(
+                    (
+                        loss_sum / len(mbs),
+                        torch.tensor(float(stopper.signal_name is not None), device=self.device),
+                    )
                 )
-                window_loss, window_steps, window_tokens, window_time = 0.0, 0, 0, 0.0
-            if t.checkpoint_every and done % t.checkpoint_every == 0 and done != total:
-                _checkpoint(run_dir, done, model, optimizer, cfg, val_loss, best_val)
-            bar.update(1)
-    bar.close()
-    model.unpin_biases()
-    _checkpoint(run_dir, total, model, optimizer, cfg, val_loss, best_val)
-    return RunSummary(
-        run_dir=str(run_dir),
-        steps=total,
-        tokens=total * tokens_per_step,
-        params=model.num_params(),
-        initial_val_loss=initial_val,
-        final_val_loss=val_loss,
-        best_val_loss=best_val,
-        final_train_loss=last_train_loss,
-        tok_per_s=total * tokens_per_step / max(train_time, 1e-9),
-        elapsed_s=time.perf_counter() - start,
-        device=str(device),
-        dtype=str(dtype).removeprefix("torch."),
-    )
+                env.all_reduce(stats)
+                stats[0] /= env.world_size
+                loss_value, stop_votes = stats.tolist()
+                if not math.isfinite(loss_value):
+                    optimizer.zero_grad(set_to_none=True)
+                    if state["nonfinite"] >= t.skip_nonfinite:
+                        raise TrainingError(
+                            f"training loss is {loss_value} at step {step + 1}; stopped. The "
+                            "last checkpoint is intact: lower optim.lr or set "
+                            "optim.grad_clip, or tolerate a few bad batches with "
+                            "train.skip_nonfinite=N"
+                        )
+                    state["nonfinite"] += 1
+                    warnings.warn(
+                        f"non-finite loss at step {step + 1} skipped "
+                        f"({state['nonfinite']} of {t.skip_nonfinite} allowed)",
+                        RuntimeWarning,
+                        stacklevel=1,
+                    )
+                else:
+                    if cfg.optim.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                    if needs_loss:
+                        optimizer.step(loss=stats[0])
+                    else:
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    if step == 0 and getattr(optimizer, "frozen_steps", 0):
+                        # F0 above the starting loss: nothing would ever move. (Later freezes
+                        # are warned about once and counted in metrics.csv.)
+                        raise TrainingError(
+                            f"ECD cannot move: optim.F0={cfg.optim.F0} is not below the loss "
+                            f"{loss_value:.4g} at the first step; set optim.F0 lower or "
+                            "optim.F0=auto"
+                        )
+                dt = time.perf_counter() - t0
+                train_time += dt
+                done = step + 1
+                state["step"] = done
+                w = state["window"]
+                if math.isfinite(loss_value):
+                    w[0] += loss_value
+                    w[1] += 1
+                w[2] += self.tokens_per_step
+                w[3] += dt
+
+                is_eval = done == self.total or (t.eval_every and done % t.eval_every == 0)
+                if is_eval:
+                    state["val_loss"] = validate()
+                    state["best_val_loss"] = min(state["best_val_loss"], state["val_loss"])
+                if is_eval or done % t.log_every == 0:
+                    state["last_train_loss"] = w[0] / w[1] if w[1] else float("nan")
+                    tok_s = w[2] / max(w[3], 1e-9)
+                    row = dict(
+                        step=done,
+                        tokens=done * self.tokens_per_step,
+                        train_loss=state["last_train_loss"],
+                        val_loss=state["val_loss"] if is_eval else None,
+                        lr=lr,
+                        tok_per_s=tok_s,
+                        elapsed_s=time.perf_counter() - start,
+                        **{k: getattr(optimizer, k) for k in extra},
+                    )
+                    if metrics:
+                        metrics.write(**row)
+                    for lg in loggers:
+                        lg.log(done, row)
+                    bar.set_postfix(
+                        loss=f"{state['last_train_loss']:.3f}",
+                        val=f"{state['val_loss']:.3f}",
+                        tok_s=f"{tok_s:,.0f}",
+                        refresh=False,
+                    )
+                    state["window"] = [0.0, 0, 0, 0.0]
+                bar.update(1)
+                stop = stop_votes > 0
+                if (
+                    done == self.total
+                    or stop
+                    or (t.checkpoint_every and done % t.checkpoint_every == 0)
+                ):
+                    self._checkpoint(model, optimizer, state)
+                if stop:
+                    break
+        finally:
+            bar.close()
+            if metrics:
+                metrics.close()
+            for lg in loggers:
+                lg.close()
+        model.unpin_biases()
+        return self._summary(
+            model,
+            state,
+            tok_per_s=(state["step"] - start_step) * self.tokens_per_step / max(train_time, 1e-9),
+            elapsed_s=time.perf_counter() - start,
+            resumed_from=start_step if resumed is not None else None,
+            stopped_by=stopper.signal_name if state["step"] < self.total else None,
+        )
+
+    def _checkpoint(self, model: GPT, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        """Rank 0 writes; everyone waits, so no rank runs ahead of a checkpoint being written."""
+        if self.env.is_main:
+            step = state["step"]
+            rng = {"torch": torch.get_rng_state().tolist()}
+            if self.device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(self.device).tolist()
+            payload = {
+                **state,
+                "tokens": step * self.tokens_per_step,
+                "rng": rng,
+                "params": model.num_params(),
+                "world_size": self.env.world_size,
+                "config": self.cfg.to_dict(),
+            }
+            payload.pop("step")
+            try:
+                save_checkpoint(self.run_dir, step, model, optimizer, payload)
+            except OSError as e:
+                raise TrainingError(
+                    f"could not write checkpoint step {step} in {self.run_dir / 'checkpoints'} "
+                    f"({e.strerror or e}); the previous checkpoint is intact: free space and run "
+                    "the same command to resume from it"
+                ) from None
+            prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
+        self.env.barrier()
 
 
-def _checkpoint(
-    run_dir: Path,
-    step: int,
-    model: GPT,
-    optimizer: torch.optim.Optimizer,
-    cfg: Config,
-    val_loss: float,
-    best_val: float,
-) -> None:
-    save_checkpoint(
-        run_dir,
-        step,
-        model,
-        optimizer,
-        {
-            "tokens": step * cfg.tokens_per_step,
-            "val_loss": val_loss,
-            "best_val_loss": best_val,
-            "config": cfg.to_dict(),
-        },
-    )
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_compatible(stored: Config, new: Config, ckpt: Path) -> None:
+    old_flat, new_flat = _flatten(stored.to_dict()), _flatten(new.to_dict())
+    for key in old_flat:
+        if any(key == k or key.startswith(k + ".") for k in IDENTITY_KEYS) and (
+            old_flat[key] != new_flat[key]
+        ):
+            raise CheckpointError(
+                f"cannot resume from {ckpt}: {key} is {old_flat[key]!r} there but "
+                f"{new_flat[key]!r} now; use the run's own settings (its config.toml) or "
+                "another train.name"
+            )
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

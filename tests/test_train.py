@@ -178,3 +178,20 @@ def test_ecd_frozen_steps_are_counted_in_the_metrics(tmp_path, cache_dir):
     rows = read_metrics(tmp_path / "frozen" / "metrics.csv")
     frozen = [int(r["frozen_steps"]) for r in rows[1:]]
     assert frozen[0] == 0 and frozen[-1] > 0 and frozen == sorted(frozen)
+
+
+def test_tensorboard_sink_writes_the_metrics(tmp_path, cache_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(tmp_path, cache_dir, "train.max_steps=2", "train.log_every=1", "model.n_layer=1",
+        "train.tensorboard=true", "train.name=tb")
+    acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train_loss")] == [1, 2]
+    assert [e.step for e in acc.Scalars("val_loss")] == [2]
+
+
+def test_wandb_without_the_package_is_a_clear_error(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    with pytest.raises(ConfigError, match="pip install"):
+        run(tmp_path, cache_dir, "train.max_steps=1", "train.wandb=true", "train.name=wb")

@@ -265,6 +265,8 @@ class Trainer:
         extra = ["frozen_steps"] if hasattr(optimizer, "frozen_steps") else []
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+        loggers = build_loggers(cfg, self.run_dir) if main else []  # may fail: before writing
+        if main:
             _write_text_atomic(self.run_dir / "config.toml", cfg.to_toml())
         metrics = (
             MetricsWriter(
@@ -273,7 +275,6 @@ class Trainer:
             if main
             else None
         )
-        loggers = build_loggers(cfg, self.run_dir) if main else []
 
         if resumed is None:
             val = validate()

@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to do with bytes that are not UTF-8 (default: strict, an error)",
     )
     p.set_defaults(func=_cmd_prepare)
+
+    from symbreak.bench.cli import register as register_bench
+
+    register_bench(sub)
     return parser
 
 

@@ -142,10 +142,20 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 def state_bytes(opt: torch.optim.Optimizer) -> int:
-    """Bytes held in optimizer state tensors (for the memory comparison of optimizers)."""
-    return sum(
-        v.numel() * v.element_size()
-        for s in opt.state.values()
-        for v in s.values()
-        if torch.is_tensor(v)
-    )
+    """Bytes of optimizer state that scale with the model.
+
+    Counts tensors held directly or in lists/dicts (SOAP keeps its ``GG`` and ``Q`` matrices in
+    lists) and leaves out 0-d tensors (AdamW's per-tensor step counters), so AdamW is exactly 2
+    floats per parameter, and SGDM and ECD exactly 1.
+    """
+
+    def size(v: object) -> int:
+        if torch.is_tensor(v):
+            return v.numel() * v.element_size() if v.dim() > 0 else 0
+        if isinstance(v, list | tuple):
+            return sum(size(x) for x in v)
+        if isinstance(v, dict):
+            return sum(size(x) for x in v.values())
+        return 0
+
+    return sum(size(s) for s in opt.state.values())

@@ -1,0 +1,132 @@
+"""``symbreak bench <target>``: the command-line side of the benchmarks.
+
+:func:`register` adds ``bench`` to the top-level sub-commands; each target (``optim``, later
+``train``) is one ``add_<target>(targets)`` function listed in :data:`TARGETS`, so adding a
+target is one function and one entry. Nothing here imports torch: building the parser stays
+fast; the handlers import the benchmark when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+from symbreak.bench import DEFAULT_PRESET, DEFAULT_STEPS, DEFAULT_WARMUP, OPTIMIZERS
+from symbreak.config import PRESETS
+
+Subparsers = argparse._SubParsersAction  # what add_subparsers() returns
+
+
+def register(subparsers: Subparsers) -> None:
+    """Add ``bench`` and its targets to ``subparsers`` (from ``parser.add_subparsers()``).
+
+    Each target sets ``func`` (``args -> exit code``), as the other commands do.
+    """
+    bench = subparsers.add_parser(
+        "bench",
+        help="micro-benchmarks (optimizer step cost, ...)",
+        description="Micro-benchmarks. Timings on a shared machine are noisy: compare the "
+        "ratios measured within one run rather than milliseconds across runs.",
+    )
+    targets = bench.add_subparsers(dest="bench_target", required=True, metavar="TARGET")
+    for add in TARGETS:
+        add(targets)
+
+
+def add_optim(targets: Subparsers) -> None:
+    """``bench optim``: the cost of one optimizer step and the size of the optimizer state."""
+    p = targets.add_parser(
+        "optim",
+        help="time optimizer.step() of AdamW, SGDM, SOAP and ECD",
+        description="Time optimizer.step() of each optimizer (paper defaults) on a preset's "
+        "GPT parameters with random gradients, interleaving the optimizers round by round, "
+        "and report medians, ratios to AdamW and the optimizer state size. SOAP refreshes its "
+        "eigenbases every 10 steps: keep --steps a multiple of 10 so that the mean is its "
+        "amortised cost.",
+    )
+    p.add_argument(
+        "--preset", choices=list(PRESETS), default=DEFAULT_PRESET, help="model size (%(default)s)"
+    )
+    p.add_argument(
+        "--steps",
+        type=_int_at_least(1),
+        default=DEFAULT_STEPS,
+        help="measured steps per optimizer (default %(default)s)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=_int_at_least(0),
+        default=DEFAULT_WARMUP,
+        help="untimed steps first (default %(default)s; SOAP's first call is its set-up)",
+    )
+    p.add_argument(
+        "--optimizers",
+        type=_optimizer_list,
+        default=list(OPTIMIZERS),
+        help=f"comma-separated subset of {','.join(OPTIMIZERS)} (default: all)",
+    )
+    p.add_argument(
+        "--device", default="cpu", help="auto, cpu, cuda or cuda:N (default %(default)s)"
+    )
+    p.add_argument(
+        "--threads",
+        type=_int_at_least(1),
+        help="torch CPU threads (default: torch's); 1 is steadier on a machine shared with "
+        "other jobs, where a thread left waiting stalls every parallel kernel",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides for the model and every optimizer, e.g. model.n_layer=2",
+    )
+    p.set_defaults(func=_cmd_optim)
+
+
+TARGETS: tuple[Callable[[Subparsers], None], ...] = (add_optim,)
+
+
+def _cmd_optim(args: argparse.Namespace) -> int:
+    import torch
+
+    from symbreak.bench.optim import bench_optim, format_table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = bench_optim(
+        args.preset,
+        steps=args.steps,
+        warmup=args.warmup,
+        optimizers=args.optimizers,
+        device=args.device,
+        overrides=args.overrides,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _optimizer_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in OPTIMIZERS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a comma-separated subset of {','.join(OPTIMIZERS)}"
+        )
+    return names

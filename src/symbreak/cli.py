@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_prepare)
 
     from symbreak.bench.cli import register as register_bench
+    from symbreak.eval.cli import register as register_eval
 
+    register_eval(sub)
     register_bench(sub)
     return parser
 

@@ -1,0 +1,399 @@
+"""The ``eval``, ``compare`` and ``sample`` sub-commands: ``register(subparsers)`` adds them.
+
+Handlers return an exit code and let :class:`~symbreak.errors.SymbreakError` propagate (the
+top-level ``main`` prints it as one ``error:`` line). Cheap checks (options, puzzle files,
+matplotlib for ``compare``) run before any model is loaded, so mistakes fail in a second,
+not after minutes of scoring.
+
+Defaults: ``eval`` writes ``<RUN_DIR>/eval/<checkpoint>.json`` (e.g. ``eval/step_00001000.json``;
+re-running with other options overwrites it - the JSON records the options); ``compare``
+writes ``compare.json`` and ``compare.png`` in the current directory unless ``--out`` says
+otherwise (the PNG always goes next to the JSON, same name, ``.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from symbreak import __version__
+from symbreak.errors import DataError, SymbreakError
+from symbreak.eval import puzzles, report
+from symbreak.eval.puzzles import CATEGORIES, SUITE_VERSION, Item, builtin_suite, read_puzzles
+from symbreak.eval.runs import SB_EVAL_CHOICES, Run, load_run, resolve_device
+from symbreak.eval.scoring import ScoreRun, Summary, paired_differences, score_items, summarize
+
+MATPLOTLIB_PIN = "matplotlib==3.11.2"
+
+
+# --------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        default="latest",
+        metavar="latest|best|STEP",
+        help="which checkpoint: latest (default), best (lowest val_loss recorded in its "
+        "state.json) or a step number",
+    )
+    p.add_argument(
+        "--sb-eval",
+        choices=SB_EVAL_CHOICES,
+        default=None,
+        help="symmetry-breaking biases at evaluation (default: the run's sb.eval)",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (default: CUDA if available), cpu, cuda, cuda:N"
+    )
+
+
+def _add_suite_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--puzzles",
+        action="append",
+        default=[],
+        metavar="FILE.jsonl",
+        help="score a puzzle file too (JSON Lines: category, prompt, and expected or compare); "
+        "may be repeated",
+    )
+    p.add_argument(
+        "--suite",
+        choices=("builtin", "none"),
+        default="builtin",
+        help="the built-in procedural suite (default) or none",
+    )
+    p.add_argument(
+        "--suite-seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of the built-in suite (default 0)",
+    )
+    p.add_argument(
+        "--per-category",
+        type=_positive,
+        metavar="N",
+        default=puzzles.DEFAULT_PER_CATEGORY,
+        help=f"built-in items per category (default {puzzles.DEFAULT_PER_CATEGORY})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive,
+        metavar="N",
+        default=32,
+        help="sequences per forward pass (default 32); results do not depend on it",
+    )
+    p.add_argument(
+        "--val",
+        action="store_true",
+        help="also measure validation loss on the run's held-out data (data.source, "
+        "model.block_size, train.eval_tokens)",
+    )
+
+
+def register(subparsers: Any) -> None:
+    """Add ``eval``, ``compare`` and ``sample`` to an ``add_subparsers()`` object."""
+    p = subparsers.add_parser(
+        "eval",
+        help="score a trained run on the puzzle suite (and validation loss)",
+        description="Load a run's checkpoint strictly and score it on the built-in puzzle "
+        "suite (8 categories x 200 seeded items) and/or puzzle files: Top-1, Top-5, rank and "
+        "cross-entropies with 95% confidence intervals. Prints a table and writes JSON.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run directory")
+    _add_model_options(p)
+    _add_suite_options(p)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE.json",
+        help="where to write the JSON (default: RUN_DIR/eval/<checkpoint>.json)",
+    )
+    p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser(
+        "compare",
+        help="score several runs on the same items, side by side with differences",
+        description="Score every run on the same items and show the metrics side by side, "
+        "with each run's difference to the first (paired bootstrap 95% CI over items) and a "
+        "PNG bar chart per category.",
+    )
+    p.add_argument("run_dirs", metavar="RUN_DIR", type=Path, nargs="+", help="two or more runs")
+    _add_model_options(p)
+    _add_suite_options(p)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("compare.json"),
+        metavar="FILE.json",
+        help="JSON output (default ./compare.json); the chart goes next to it as FILE.png",
+    )
+    p.add_argument("--no-plot", action="store_true", help="do not draw the PNG chart")
+    p.set_defaults(func=cmd_compare)
+
+    p = subparsers.add_parser(
+        "sample",
+        help="generate text from a trained run",
+        description="Continue a prompt with a trained model (seeded; stops at end-of-text; "
+        "the context is cropped to model.block_size).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run directory")
+    p.add_argument("--prompt", required=True, help="text to continue ('' starts a document)")
+    p.add_argument("--max-new-tokens", type=int, default=100, help="default 100")
+    p.add_argument(
+        "--temperature", type=float, default=1.0, help="default 1.0; 0 is greedy decoding"
+    )
+    p.add_argument("--top-k", type=int, default=50, help="default 50; 0 keeps every token")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_sample)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared steps
+# --------------------------------------------------------------------------------------------
+
+
+def collect_items(args: argparse.Namespace) -> list[Item]:
+    """The built-in suite (unless ``--suite none``) followed by every ``--puzzles`` file."""
+    items = builtin_suite(args.suite_seed, args.per_category) if args.suite == "builtin" else []
+    builtin = set(CATEGORIES) if args.suite == "builtin" else set()
+    for path in args.puzzles:
+        extra = read_puzzles(path)
+        for item in extra:
+            if item.category in builtin:
+                raise DataError(
+                    f"{item.source} (file:line): category '{item.category}' is also a "
+                    "built-in category; rename it or pass --suite none"
+                )
+        items += extra
+    kinds: dict[str, Item] = {}
+    for item in items:  # files are checked one by one; a category may span files
+        first = kinds.setdefault(item.category, item)
+        if first.kind != item.kind:
+            raise DataError(
+                f"{item.source} (file:line): category '{item.category}' holds {item.kind} "
+                f"items here but {first.kind} items at {first.source}; use another name"
+            )
+    return items
+
+
+def _load(args: argparse.Namespace, run_dir: Path) -> Run:
+    return load_run(run_dir, args.checkpoint, args.sb_eval, resolve_device(args.device))
+
+
+def _describe(run: Run) -> str:
+    c = run.cfg.model
+    return (
+        f"run {run.run_dir}: checkpoint {run.checkpoint.name}, L{c.n_layer} H{c.n_head} "
+        f"C{c.n_embd} T{c.block_size}, sb.eval={run.cfg.sb.eval}, device {run.device}"
+    )
+
+
+def _validation(run: Run) -> dict[str, Any]:
+    """Validation loss on the run's own held-out batches, next to the recorded one."""
+    from symbreak.data import load_data, val_batches
+    from symbreak.eval.val_loss import evaluate_loss
+
+    cfg = run.cfg
+    data = load_data(
+        cfg.data.source,
+        cfg.model.block_size,
+        cfg.model.vocab_size,
+        cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+    )
+    micro = cfg.train.micro_batch_size or cfg.train.batch_size
+    batches = val_batches(data.val, cfg.train.eval_tokens, micro)
+    t0 = time.perf_counter()
+    loss = evaluate_loss(run.model, batches, run.device)
+    tokens = sum(y.numel() for _, y in batches)
+    return {
+        "val_loss": loss,
+        "recorded_val_loss": run.recorded_val_loss,
+        "tokens": tokens,
+        "source": cfg.data.source,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _validation_line(val: dict[str, Any]) -> str:
+    rec = val["recorded_val_loss"]
+    recorded = f" (recorded when the checkpoint was written: {rec:.4f})" if rec is not None else ""
+    return f"validation loss {val['val_loss']:.4f} on {val['tokens']:,} held-out tokens{recorded}"
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "checkpoint": args.checkpoint,
+        "suite": args.suite,
+        "suite_version": SUITE_VERSION if args.suite == "builtin" else None,
+        "suite_seed": args.suite_seed,
+        "per_category": args.per_category,
+        "puzzles": [str(p) for p in args.puzzles],
+        "batch_size": args.batch_size,
+        "sb_eval_override": args.sb_eval,
+        "device": args.device,
+    }
+
+
+def _run_json(run: Run) -> dict[str, Any]:
+    return {
+        "run_dir": str(run.run_dir),
+        "checkpoint": str(run.checkpoint),
+        "step": run.step,
+        "sb_eval": run.cfg.sb.eval,
+        "device": str(run.device),
+        "block_size": run.cfg.model.block_size,
+        "recorded_val_loss": run.recorded_val_loss,
+    }
+
+
+def _score(run: Run, items: list[Item], batch_size: int) -> tuple[ScoreRun, Summary]:
+    score = score_items(run.model, items, run.device, batch_size, run.cfg.model.block_size)
+    return score, summarize(score.results)
+
+
+def _check_items(items: list[Item], val: bool) -> None:
+    if not items and not val:
+        raise SymbreakError(
+            "nothing to evaluate: --suite none without --puzzles FILE.jsonl or --val; "
+            "pass one of them"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    items = collect_items(args)
+    _check_items(items, args.val)
+    run = _load(args, args.run_dir)
+    print(_describe(run), flush=True)
+    data: dict[str, Any] = {
+        "symbreak_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        **_run_json(run),
+        "options": _options(args),
+        "methods": report.METHODS,
+        "validation": None,
+    }
+    if args.val:
+        data["validation"] = _validation(run)
+        print(_validation_line(data["validation"]), flush=True)
+    if items:
+        score, summary = _score(run, items, args.batch_size)
+        print(report.timing_line(score))
+        print()
+        print(report.eval_table(summary))
+        data["timing"] = {
+            "seconds": score.seconds,
+            "items": len(score.results),
+            "sequences": score.sequences,
+            "tokens": score.tokens,
+            "batch_size": score.batch_size,
+            "items_per_s": len(score.results) / max(score.seconds, 1e-9),
+        }
+        data["truncated_items"] = score.truncated_items
+        data.update(report.summary_json(summary))
+        data["items"] = [report.item_json(r) for r in score.results]
+    out = args.out or args.run_dir / "eval" / f"{run.checkpoint.name}.json"
+    report.write_json(out, data)
+    print(f"\nwrote {out}")
+    return 0
+
+
+def _unique_names(run_dirs: list[Path]) -> list[str]:
+    names = [p.name for p in run_dirs]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{i + 1}:{p.name}" for i, p in enumerate(run_dirs)]
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    if len(args.run_dirs) < 2:
+        raise SymbreakError("compare needs at least two run directories")
+    if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
+        raise SymbreakError(
+            f"compare draws its chart with matplotlib, which is not installed: pip install "
+            f"{MATPLOTLIB_PIN} (or pass --no-plot)"
+        )
+    items = collect_items(args)
+    if not items:
+        raise SymbreakError("nothing to compare: --suite none without --puzzles FILE.jsonl")
+    names = _unique_names(args.run_dirs)
+    runs_json, results, summaries = [], [], []
+    for name, run_dir in zip(names, args.run_dirs, strict=True):
+        run = _load(args, run_dir)
+        print(_describe(run), flush=True)
+        entry = {"name": name, **_run_json(run), "validation": None}
+        if args.val:
+            entry["validation"] = _validation(run)
+            print("  " + _validation_line(entry["validation"]), flush=True)
+        score, summary = _score(run, items, args.batch_size)
+        print("  " + report.timing_line(score), flush=True)
+        entry["seconds"] = score.seconds
+        runs_json.append(entry)
+        results.append(score.results)
+        summaries.append(summary)
+        del run  # free the model before loading the next one
+    diffs = [paired_differences(results[0], other) for other in results[1:]]
+    print()
+    print(report.compare_table(names, summaries, diffs))
+    data = {
+        "symbreak_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "options": _options(args),
+        **report.compare_json(runs_json, summaries, diffs),
+        "chart": None,
+    }
+    out: Path = args.out
+    if not args.no_plot:
+        png = out.with_suffix(".png")
+        report.plot_compare(png, names, summaries)
+        data["chart"] = str(png)
+        print(f"\nwrote {png}")
+    report.write_json(out, data)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from symbreak.eval.sample import generate
+
+    run = _load(args, args.run_dir)
+    print(_describe(run), file=sys.stderr, flush=True)
+    sample = generate(
+        run.model,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        seed=args.seed,
+        block_size=run.cfg.model.block_size,
+        device=run.device,
+    )
+    print(args.prompt + sample.text)
+    end = "end-of-text" if sample.stopped_at_eot else f"{len(sample.new_ids)} new tokens"
+    print(f"[{end}; seed {args.seed}]", file=sys.stderr)
+    return 0

@@ -1,0 +1,313 @@
+"""``eval``, ``compare`` and ``sample`` on tiny run directories built here, plus strict loading."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from symbreak.config import Config
+from symbreak.data import EOT_ID, GPT2_VOCAB_SIZE, load_data, prepare_texts, val_batches
+from symbreak.errors import CheckpointError, DataError, SymbreakError
+from symbreak.eval.cli import register
+from symbreak.eval.puzzles import CATEGORIES, ENTITIES
+from symbreak.eval.runs import load_run
+from symbreak.eval.sample import generate
+from symbreak.eval.val_loss import evaluate_loss
+from symbreak.model import GPT
+from symbreak.train.checkpoint import save_checkpoint
+
+
+def cli(*argv: object) -> int:
+    parser = argparse.ArgumentParser(prog="symbreak")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([str(a) for a in argv])
+    return args.func(args)
+
+
+def make_run(root: Path, name: str, seed: int, data: Path, steps=((5, 7.0),)) -> Path:
+    """A 1-layer GPT run directory: config.toml plus checkpoints (step, recorded val_loss)."""
+    cfg = Config.from_dict(
+        {
+            "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64},
+            "sb": {"q": True, "v": True},
+            "data": {"source": str(data)},
+            "train": {
+                "out_dir": str(root),
+                "name": name,
+                "seed": seed,
+                "eval_tokens": 300,
+                "batch_size": 2,
+            },
+        }
+    )
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text(cfg.to_toml())
+    torch.manual_seed(seed)
+    model = GPT(cfg.model, cfg.sb)
+    for step, val in steps:
+        save_checkpoint(run_dir, step, model, None, {"val_loss": val, "config": cfg.to_dict()})
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    text = " ".join(f"The {e} is here." for e in ENTITIES) * 20
+    prepare_texts([("doc", text)], root / "data", show_progress=False)
+    return {
+        "data": root / "data",
+        "a": make_run(root, "a", 0, root / "data", steps=((5, 7.0), (10, 6.5), (15, 6.8))),
+        "b": make_run(root, "b", 1, root / "data"),
+    }
+
+
+@pytest.fixture()
+def puzzle_file(tmp_path) -> Path:
+    path = tmp_path / "mine.jsonl"
+    lines = [
+        {"category": "mine", "prompt": "1, 2, 3,", "expected": " 4"},
+        {"category": "mine", "prompt": "Copy: tree\nOutput:", "expected": " tree house"},
+        {"category": "mine_pairs", "prompt": "Snow is white.", "compare": "Snow is not white."},
+    ]
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return path
+
+
+def test_eval_writes_the_promised_json(runs, puzzle_file, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert (
+        cli(
+            "eval",
+            runs["a"],
+            "--per-category",
+            3,
+            "--puzzles",
+            puzzle_file,
+            "--val",
+            "--out",
+            out,
+            "--device",
+            "cpu",
+            "--batch-size",
+            5,
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    for text in (
+        "Top-1 [95% CI]",
+        "preferred [95% CI]",
+        "validation loss",
+        "scored 27 items",
+        "macro",
+        "micro",
+        "overall accuracy",
+        str(out),
+    ):
+        assert text in printed
+    data = json.loads(out.read_text())
+    for key in (
+        "symbreak_version",
+        "run_dir",
+        "checkpoint",
+        "step",
+        "sb_eval",
+        "options",
+        "validation",
+        "timing",
+        "categories",
+        "overall",
+        "items",
+        "truncated_items",
+    ):
+        assert key in data, key
+    assert data["step"] == 15 and data["sb_eval"] == "mean"
+    assert set(data["categories"]) == {*CATEGORIES, "mine", "mine_pairs"}
+    cat = data["categories"]["pattern_numeric"]
+    assert cat["kind"] == "completion" and cat["n"] == 3
+    assert set(cat["metrics"]) == {"acc", "top1", "top5", "rank", "first_ce", "answer_ce"}
+    assert set(cat["metrics"]["top1"]) == {"mean", "lo", "hi", "n"}
+    assert set(data["overall"]["acc"]) == {"macro", "micro"}
+    assert len(data["items"]) == 27
+    mine = [i for i in data["items"] if i["category"] == "mine"]
+    assert mine[1]["expected"] == " tree house" and mine[1]["tokens"] == 2
+    for item in mine:
+        assert item["source"].startswith(str(puzzle_file))
+        assert len(item["top5_predictions"]) == 5
+        assert {"token", "id", "prob"} <= set(item["top5_predictions"][0])
+        assert isinstance(item["top5_predictions"][0]["token"], str)
+        assert isinstance(item["top1"], bool) and isinstance(item["rank"], int)
+    pair = next(i for i in data["items"] if i["category"] == "mine_pairs")
+    assert {"prompt", "compare", "preferred", "ce_prompt", "ce_compare", "ppl_ratio"} <= set(pair)
+    # validation loss on the run's own held-out batches (data.source, block_size, eval_tokens)
+    model = load_run(runs["a"]).model
+    batches = val_batches(load_data(str(runs["data"]), 64, 50304).val, 300, 2)
+    assert data["validation"]["val_loss"] == pytest.approx(evaluate_loss(model, batches, "cpu"))
+    assert data["validation"]["recorded_val_loss"] == 6.8
+
+
+def test_eval_default_output_and_checkpoint_choice(runs, puzzle_file):
+    args = ("--suite", "none", "--puzzles", puzzle_file, "--device", "cpu")
+    assert cli("eval", runs["a"], *args) == 0
+    assert json.loads((runs["a"] / "eval" / "step_00000015.json").read_text())["step"] == 15
+    assert cli("eval", runs["a"], *args, "--checkpoint", "best", "--sb-eval", "zero") == 0
+    best = json.loads((runs["a"] / "eval" / "step_00000010.json").read_text())
+    assert (best["step"], best["sb_eval"]) == (10, "zero")  # lowest recorded val_loss: 6.5
+    assert load_run(runs["a"], "5").step == 5
+    with pytest.raises(CheckpointError, match="no checkpoint at step 7; it has steps 5, 10, 15"):
+        load_run(runs["a"], "7")
+    with pytest.raises(CheckpointError, match="not latest, best or a step"):
+        load_run(runs["a"], "newest")
+
+
+def test_user_mistakes_fail_before_loading(runs, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"category": "c", "prompt": "x", "expected": " y"}\n{"category": "c"\n')
+    with pytest.raises(DataError, match=r"bad.jsonl line 2: not valid JSON"):
+        cli("eval", runs["a"], "--puzzles", bad)
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"category": "c", "prompt": "x", "compare": "y"}\n')
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"category": "c", "prompt": "x", "expected": " y"}\n')
+    with pytest.raises(DataError, match=r"other.jsonl:1 .*holds comparison items here"):
+        cli("eval", runs["a"], "--suite", "none", "--puzzles", good, "--puzzles", other)
+    clash = tmp_path / "clash.jsonl"
+    clash.write_text('{"category": "copy", "prompt": "x", "expected": " y"}\n')
+    with pytest.raises(DataError, match="'copy' is also a built-in category"):
+        cli("eval", runs["a"], "--puzzles", clash)
+    with pytest.raises(SymbreakError, match="nothing to evaluate"):
+        cli("eval", runs["a"], "--suite", "none")
+    with pytest.raises(CheckpointError, match="not a run directory"):
+        cli("eval", tmp_path, "--suite", "none", "--val")
+
+
+@pytest.mark.parametrize("damage", ["missing", "extra", "shape"])
+def test_loading_is_strict(runs, tmp_path, damage):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["b"], run_dir)
+    path = run_dir / "checkpoints" / "step_00000005" / "model.safetensors"
+    tensors = load_file(path)
+    if damage == "missing":
+        del tensors["blocks.0.mlp.c_fc.weight"]
+    elif damage == "extra":
+        tensors["blocks.0.attn.rotation"] = torch.zeros(3)
+    else:
+        tensors["ln_f.weight"] = torch.ones(31)
+    save_file(tensors, path)
+    expected = {"missing": "missing", "extra": "unexpected", "shape": "shape of ln_f.weight"}
+    with pytest.raises(CheckpointError, match=expected[damage]):
+        load_run(run_dir)
+    with pytest.raises(CheckpointError):
+        cli("eval", run_dir, "--per-category", 1)
+
+
+def test_config_must_match_the_checkpoint(runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["b"], run_dir)
+    toml = run_dir / "config.toml"
+    toml.write_text(toml.read_text().replace("n_embd = 32", "n_embd = 64"))
+    with pytest.raises(CheckpointError, match=r"model.n_embd=64 .* 32"):
+        load_run(run_dir)
+
+
+def test_compare_writes_table_json_and_png(runs, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "cmp" / "ab.json"
+    assert (
+        cli("compare", runs["a"], runs["b"], "--per-category", 3, "--out", out, "--device", "cpu")
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "b - a [95% CI]" in printed and "paired bootstrap" in printed
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads(out.read_text())
+    assert data["chart"] == str(png)
+    assert [r["name"] for r in data["runs"]] == ["a", "b"]
+    m = data["categories"]["copy"]["metrics"]["top1"]
+    assert len(m["runs"]) == 2 and len(m["diff_vs_first"]) == 1
+    assert {"mean", "lo", "hi", "excludes_zero"} <= set(m["diff_vs_first"][0])
+    assert set(data["overall"]["acc"]) == {"macro", "micro"}
+    with pytest.raises(SymbreakError, match="at least two"):
+        cli("compare", runs["a"], "--no-plot")
+
+
+def test_matplotlib_is_imported_only_to_draw():
+    code = "import sys, symbreak.eval.cli; assert 'matplotlib' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------------------------
+
+
+def test_sample_is_deterministic_for_a_seed(runs, capsys):
+    argv = (
+        "sample",
+        runs["a"],
+        "--prompt",
+        "The key",
+        "--max-new-tokens",
+        12,
+        "--seed",
+        3,
+        "--device",
+        "cpu",
+    )
+    assert cli(*argv) == 0
+    first = capsys.readouterr().out
+    assert cli(*argv) == 0
+    assert capsys.readouterr().out == first
+    assert first.startswith("The key")
+
+
+class Favours(nn.Module):
+    """Logits: +50 on the padding id 50300, +5 on ``token``, 0 elsewhere; records lengths."""
+
+    def __init__(self, token: int) -> None:
+        super().__init__()
+        self.token, self.widths = token, []
+
+    def forward(self, idx: torch.Tensor):
+        self.widths.append(idx.shape[1])
+        out = torch.zeros(*idx.shape, 50304)
+        out[..., 50300] = 50.0
+        out[..., self.token] = 5.0
+        return out, None
+
+
+def test_generate_never_emits_padding_ids_and_crops_the_context():
+    model = Favours(token=11)
+    s = generate(model, "Hello there", max_new_tokens=20, temperature=0, block_size=5)
+    assert s.new_ids == [11] * 20 and not s.stopped_at_eot
+    assert max(model.widths) == 5
+    for seed in range(3):
+        s = generate(
+            Favours(11), "", max_new_tokens=30, temperature=2.0, top_k=None, seed=seed, block_size=8
+        )
+        assert all(i < GPT2_VOCAB_SIZE for i in s.new_ids)
+    a = generate(
+        Favours(11), "x", max_new_tokens=30, temperature=5.0, top_k=None, seed=1, block_size=8
+    )
+    b = generate(
+        Favours(11), "x", max_new_tokens=30, temperature=5.0, top_k=None, seed=1, block_size=8
+    )
+    assert a.new_ids == b.new_ids
+
+
+def test_generate_stops_at_end_of_text():
+    s = generate(Favours(EOT_ID), "Hello", max_new_tokens=10, temperature=0, block_size=8)
+    assert s.new_ids == [] and s.stopped_at_eot
+    with pytest.raises(SymbreakError, match="temperature"):
+        generate(Favours(11), "x", temperature=-1.0, block_size=8)

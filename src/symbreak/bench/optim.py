@@ -34,6 +34,7 @@ import torch
 
 from symbreak.bench import DEFAULT_PRESET, DEFAULT_STEPS, DEFAULT_WARMUP, OPTIMIZERS
 from symbreak.config import Config
+from symbreak.device import resolve_device
 from symbreak.errors import ConfigError
 from symbreak.model import GPT
 from symbreak.optim import build_optimizer, state_bytes
@@ -66,7 +67,7 @@ def bench_optim(
     names = _check_names(optimizers)
     if steps < 1 or warmup < 0:
         raise ConfigError(f"bench optim needs steps >= 1 and warmup >= 0, got {steps}, {warmup}")
-    dev = _device(device)
+    dev = resolve_device(device)
     base = [f"model.preset={preset}", *overrides]
     cfg = Config.load(overrides=base)
     with torch.random.fork_rng(devices=[]):  # a seeded init without touching the caller's RNG
@@ -177,20 +178,6 @@ def _check_names(optimizers: Sequence[str]) -> list[str]:
             f"choose from {', '.join(OPTIMIZERS)}"
         )
     return names
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {name}: use auto, cpu, cuda or cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} but CUDA is not available; use --device cpu")
-    return dev
 
 
 def _timed_step(opt: torch.optim.Optimizer, dev: torch.device) -> float:

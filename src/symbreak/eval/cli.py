@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from symbreak import __version__
+from symbreak.device import resolve_device
 from symbreak.errors import DataError, SymbreakError
 from symbreak.eval import puzzles, report
 from symbreak.eval.puzzles import CATEGORIES, SUITE_VERSION, Item, builtin_suite, read_puzzles
-from symbreak.eval.runs import SB_EVAL_CHOICES, Run, load_run, resolve_device
+from symbreak.eval.runs import SB_EVAL_CHOICES, Run, load_run
 from symbreak.eval.scoring import ScoreRun, Summary, paired_differences, score_items, summarize
 
 MATPLOTLIB_PIN = "matplotlib==3.11.2"

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from symbreak.config import Config
+from symbreak.device import resolve_device
 from symbreak.errors import CheckpointError, ConfigError, SymbreakError
 from symbreak.model import GPT
 from symbreak.train.checkpoint import (
@@ -57,21 +58,6 @@ class Run:
     def recorded_val_loss(self) -> float | None:
         v = self.state.get("val_loss")
         return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise SymbreakError(f"--device '{name}' is not auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SymbreakError(f"--device {name} but CUDA is not available; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise SymbreakError(f"--device '{name}' is not auto, cpu, cuda or cuda:N")
-    return dev
 
 
 def load_run_config(run_dir: Path) -> Config:

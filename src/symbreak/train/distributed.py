@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from symbreak.errors import ConfigError
+from symbreak.device import resolve_device
 
 
 @dataclass
@@ -48,27 +48,12 @@ class DistEnv:
             dist.destroy_process_group()
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: CUDA when present (device ``local_rank`` under torchrun), else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"train.device={name} but CUDA is not available; use train.device=cpu"
-            )
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-    return dev
-
-
 def init_distributed(device_name: str) -> DistEnv:
     """Join the process group that torchrun describes in the environment, if any."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local_rank)
+    device = resolve_device(device_name, local_rank, option="train.device")
     if world > 1:
         if device.type == "cuda":
             torch.cuda.set_device(device)

@@ -32,12 +32,10 @@ than ``block_size`` keeps its last ``block_size`` tokens: the prompt is truncate
 and the number of dropped tokens is reported per item (``truncated``). An answer that does not
 fit the context at all is an error.
 
-Only the logits that are needed are computed: for a :class:`~symbreak.model.GPT` the final
-hidden states are taken from ``ln_f`` (a forward hook) and multiplied by the tied embedding
-only at the needed positions, instead of materialising (B, T, 50304) logits. The first batch
-of every call is checked against ``GPT.forward``'s own logits, so a change to the model's
-output layer cannot silently change the scores. Other modules (test stubs) are scored from
-their full logits.
+Only the logits that are needed are computed: for a :class:`~symbreak.model.GPT` the trunk
+(``GPT.hidden``) runs once and the output layer (``GPT.output``; ``GPT.forward`` is made of the
+same two methods) only at the needed positions, instead of materialising (B, T, 50304) logits.
+Other modules (test stubs) are scored from their full logits.
 
 Statistics
 ----------
@@ -60,7 +58,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from symbreak.data import EOT_ID, GPT2_VOCAB_SIZE, encode
@@ -137,34 +134,6 @@ class ScoreRun:
 # --------------------------------------------------------------------------------------------
 
 
-class _StopForward(Exception):
-    """Raised by the ``ln_f`` hook: the hidden states are all we need from the forward."""
-
-
-def _has_tied_head(model: nn.Module) -> bool:
-    return isinstance(model, GPT)
-
-
-def final_hidden(model: GPT, idx: torch.Tensor) -> torch.Tensor:
-    """``ln_f``'s output (B, T, C): GPT.forward's trunk, stopped before the output layer."""
-    box: list[torch.Tensor] = []
-
-    def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-        box.append(output)
-        raise _StopForward
-
-    handle = model.ln_f.register_forward_hook(hook)
-    try:
-        model(idx)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    if not box:
-        raise RuntimeError("GPT.forward did not call ln_f; update symbreak.eval.scoring")
-    return box[0]
-
-
 def mask_padding(logits: torch.Tensor) -> torch.Tensor:
     """Set the logits of ids >= 50257 (vocabulary padding, never real tokens) to -inf."""
     if logits.shape[-1] > GPT2_VOCAB_SIZE:
@@ -178,37 +147,19 @@ class BatchLogits:
 
     def __init__(self, model: nn.Module, idx: torch.Tensor) -> None:
         self.model = model
-        if _has_tied_head(model):
-            self.hidden: torch.Tensor | None = final_hidden(model, idx)
+        if isinstance(model, GPT):
+            self.hidden: torch.Tensor | None = model.hidden(idx)
             self.full: torch.Tensor | None = None
-        else:
+        else:  # test stubs: full logits from forward
             self.hidden, self.full = None, model(idx)[0]
 
     def at(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         if self.hidden is not None:
-            h = self.hidden[rows, cols]
-            logits = F.linear(h, self.model.wte.weight)
+            logits = self.model.output(self.hidden[rows, cols])
         else:
             assert self.full is not None
             logits = self.full[rows, cols]
         return mask_padding(logits.float())
-
-
-def check_fast_path(model: nn.Module, idx: torch.Tensor) -> None:
-    """Compare BatchLogits with the model's own forward on one row (guards the ln_f hook)."""
-    if not _has_tied_head(model) or getattr(model.sb, "eval", "mean") == "sample":
-        return  # stubs use forward anyway; sampled biases differ between two forwards
-    row = idx[:1]
-    ref = mask_padding(model(row)[0][0].float())
-    cols = torch.arange(row.shape[1], device=idx.device)
-    ours = BatchLogits(model, row).at(torch.zeros_like(cols), cols)
-    finite = torch.isfinite(ref)
-    err = (ours[finite] - ref[finite]).abs().max().item()
-    if err > 1e-3 * (1.0 + ref[finite].abs().max().item()):
-        raise RuntimeError(
-            f"scoring's output layer disagrees with GPT.forward (max error {err:.3g}); "
-            "symbreak.eval.scoring must be updated to the model's new output layer"
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,11 +317,9 @@ def score_items(
     model.eval()
     start = time.perf_counter()
     try:
-        for b, batch in enumerate(_batches(seqs, batch_size)):
+        for batch in _batches(seqs, batch_size):
             idx, targets = _pad(batch)
             idx = idx.to(device)
-            if b == 0:
-                check_fast_path(model, idx)
             _score_batch(BatchLogits(model, idx), targets, parts, device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

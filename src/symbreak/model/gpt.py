@@ -78,6 +78,14 @@ class GPT(nn.Module):
         Without ``targets``: ``(logits (B, T, V), None)``. With ``targets`` (B, T):
         ``(None, mean cross-entropy)``, computed by the fused path of ``loss.py``.
         """
+        x = self.hidden(idx)
+        if targets is None:
+            return self.output(x), None
+        # Training and validation need only the loss: fused, chunked, no (B, T, V) logits.
+        return None, linear_cross_entropy(x, self.wte.weight, targets)
+
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """The trunk: ``LN_f(h_L)``, (B, T, C), everything before the output layer."""
         _, T = idx.shape
         if self.cfg.block_size < T:
             raise ValueError(f"sequence length {T} exceeds model.block_size={self.cfg.block_size}")
@@ -87,11 +95,12 @@ class GPT(nn.Module):
         x = self.drop(x)
         for block in self.blocks:
             x = block(x)
-        x = self.ln_f(x)
-        if targets is None:
-            return F.linear(x, self.wte.weight), None  # tied embeddings
-        # Training and validation need only the loss: fused, chunked, no (B, T, V) logits.
-        return None, linear_cross_entropy(x, self.wte.weight, targets)
+        return self.ln_f(x)
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits ``h wte^T`` (tied embeddings) for hidden states ``h`` (..., C); scoring calls
+        it only at the positions it needs instead of materialising (B, T, V)."""
+        return F.linear(h, self.wte.weight)
 
     # ---- symmetry-breaking biases -------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """``symbreak bench <target>``: the command-line side of the benchmarks.
 
-:func:`register` adds ``bench`` to the top-level sub-commands; each target (``optim``, later
+:func:`register` adds ``bench`` to the top-level sub-commands; each target (``optim``,
 ``train``) is one ``add_<target>(targets)`` function listed in :data:`TARGETS`, so adding a
 target is one function and one entry. Nothing here imports torch: building the parser stays
 fast; the handlers import the benchmark when they run.
@@ -18,6 +18,9 @@ from symbreak.config import PRESETS
 
 Subparsers = argparse._SubParsersAction  # what add_subparsers() returns
 
+TRAIN_STEPS = 10  # bench train: measured steps per model
+TRAIN_WARMUP = 2  # bench train: untimed steps per model (the first one compiles with --compile)
+
 
 def register(subparsers: Subparsers) -> None:
     """Add ``bench`` and its targets to ``subparsers`` (from ``parser.add_subparsers()``).
@@ -26,7 +29,7 @@ def register(subparsers: Subparsers) -> None:
     """
     bench = subparsers.add_parser(
         "bench",
-        help="micro-benchmarks (optimizer step cost, ...)",
+        help="micro-benchmarks: optimizer step cost, training throughput and MFU",
         description="Micro-benchmarks. Timings on a shared machine are noisy: compare the "
         "ratios measured within one run rather than milliseconds across runs.",
     )
@@ -86,7 +89,61 @@ def add_optim(targets: Subparsers) -> None:
     p.set_defaults(func=_cmd_optim)
 
 
-TARGETS: tuple[Callable[[Subparsers], None], ...] = (add_optim,)
+def add_train(targets: Subparsers) -> None:
+    """``bench train``: tok/s, MFU and the symmetry-breaking overhead of full training steps."""
+    p = targets.add_parser(
+        "train",
+        help="time full training steps: tok/s, MFU, symmetry-breaking overhead, loader speed",
+        description="Time full training steps (forward, backward, optimizer step, gradient "
+        "accumulation as configured) on random token batches, for the symmetry-broken model "
+        "(sb.q=true sb.v=true unless overridden) and the symmetric one interleaved, and report "
+        "tok/s, step times, model FLOPs, MFU against a matmul peak measured in the same run, "
+        "the loader's own tok/s and peak memory. See symbreak.bench.train for every JSON key.",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16"),
+        help="compute dtype; bf16 is autocast around the forward (default: train.dtype, "
+        "auto = bf16 on CUDA, fp32 on CPU)",
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile both models; reports compile_s"
+    )
+    p.add_argument(
+        "--steps",
+        type=_int_at_least(1),
+        default=TRAIN_STEPS,
+        help="measured steps per model (default %(default)s)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=_int_at_least(0),
+        default=TRAIN_WARMUP,
+        help="untimed steps per model first (default %(default)s; the first compiles)",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="write a torch.profiler chrome trace of a few steps to FILE and list the top 10 "
+        "operators",
+    )
+    p.add_argument(
+        "--threads",
+        type=_int_at_least(1),
+        help="torch CPU threads (default: torch's)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides as for `symbreak train`, e.g. model.preset=small "
+        "train.batch_size=8 train.device=cuda",
+    )
+    p.set_defaults(func=_cmd_train)
+
+
+TARGETS: tuple[Callable[[Subparsers], None], ...] = (add_optim, add_train)
 
 
 def _cmd_optim(args: argparse.Namespace) -> int:
@@ -103,6 +160,26 @@ def _cmd_optim(args: argparse.Namespace) -> int:
         optimizers=args.optimizers,
         device=args.device,
         overrides=args.overrides,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from symbreak.bench.train import bench_train, format_table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = bench_train(
+        args.overrides,
+        steps=args.steps,
+        warmup=args.warmup,
+        dtype=args.dtype,
+        compile=args.compile,
+        profile=args.profile,
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     print(json.dumps(result, indent=2) if args.json else format_table(result))

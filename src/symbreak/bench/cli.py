@@ -13,13 +13,18 @@ import json
 import sys
 from collections.abc import Callable
 
-from symbreak.bench import DEFAULT_PRESET, DEFAULT_STEPS, DEFAULT_WARMUP, OPTIMIZERS
+from symbreak.bench import (
+    DEFAULT_PRESET,
+    DEFAULT_STEPS,
+    DEFAULT_WARMUP,
+    OPTIMIZERS,
+    TRAIN_STEPS,
+    TRAIN_WARMUP,
+)
 from symbreak.config import PRESETS
 
 Subparsers = argparse._SubParsersAction  # what add_subparsers() returns
 
-TRAIN_STEPS = 10  # bench train: measured steps per model
-TRAIN_WARMUP = 2  # bench train: untimed steps per model (the first one compiles with --compile)
 
 
 def register(subparsers: Subparsers) -> None:

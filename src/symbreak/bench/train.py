@@ -77,8 +77,8 @@ from typing import Any
 
 import torch
 
-from symbreak.bench.cli import TRAIN_STEPS as DEFAULT_STEPS
-from symbreak.bench.cli import TRAIN_WARMUP as DEFAULT_WARMUP
+from symbreak.bench import TRAIN_STEPS as DEFAULT_STEPS
+from symbreak.bench import TRAIN_WARMUP as DEFAULT_WARMUP
 from symbreak.config import Config
 from symbreak.data import TrainBatches, load_data
 from symbreak.device import resolve_device

@@ -31,29 +31,37 @@ CHUNK_ROWS = 256
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, targets, chunk_rows, ignore_index, need_grad):  # type: ignore[override]
+        # Matmuls run in the compute dtype (autocast's, e.g. bf16, else the inputs'); softmax and
+        # sums in at least fp32. Casting h and W once here, with autocast off inside, avoids a
+        # cast of the (V, C) weight per chunk.
+        dev = h.device.type
+        cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+        acc = torch.promote_types(weight.dtype, torch.float32)
         n_rows = h.shape[0]
         valid = targets != ignore_index
         n_valid = valid.sum().clamp(min=1)
-        acc = torch.promote_types(weight.dtype, torch.float32)  # softmax and sums: >= fp32
+        w_c, h_c = weight.to(cdt), h.to(cdt)
         loss = torch.zeros((), dtype=acc, device=h.device)
         grad_h = torch.empty_like(h) if need_grad else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_grad else None
-        for start in range(0, n_rows, chunk_rows):
-            end = min(start + chunk_rows, n_rows)
-            hc, yc, vc = h[start:end], targets[start:end], valid[start:end]
-            z = (hc @ weight.t()).to(acc)  # (n, V)
-            lse = torch.logsumexp(z, dim=-1)
-            y_safe = torch.where(vc, yc, torch.zeros_like(yc))
-            z_y = z.gather(1, y_safe[:, None]).squeeze(1)
-            loss += ((lse - z_y) * vc.to(acc)).sum()
-            if need_grad:
-                p = z.sub_(lse[:, None]).exp_()  # softmax, in the logits' own memory
-                rows = torch.arange(end - start, device=h.device)
-                p[rows, y_safe] -= 1.0
-                p.mul_((vc.to(acc) / n_valid.to(acc))[:, None])
-                p_low = p.to(hc.dtype)
-                grad_h[start:end] = p_low @ weight.to(hc.dtype)
-                grad_w += (p_low.t() @ hc).to(acc)
+        with torch.autocast(dev, enabled=False):
+            for start in range(0, n_rows, chunk_rows):
+                end = min(start + chunk_rows, n_rows)
+                hc, yc, vc = h_c[start:end], targets[start:end], valid[start:end]
+                y_safe = torch.where(vc, yc, torch.zeros_like(yc))
+                # log p = log_softmax(z): one fused pass that also upcasts bf16 logits to fp32
+                logp = torch.log_softmax(hc @ w_c.t(), dim=-1, dtype=acc)  # (n, V)
+                logp_y = logp.gather(1, y_safe[:, None]).squeeze(1)
+                loss -= (logp_y * vc.to(acc)).sum()
+                if need_grad:
+                    p = logp.exp_()  # softmax, in place
+                    p[torch.arange(end - start, device=h.device), y_safe] -= 1.0
+                    p_c = p.to(cdt)
+                    # dL/dz = (p - onehot) * scale with scale = valid / N, applied to the small
+                    # (n, C) operands rather than to the (n, V) probabilities.
+                    scale = (vc.to(acc) / n_valid.to(acc))[:, None]
+                    grad_h[start:end] = ((p_c @ w_c).to(acc) * scale).to(h.dtype)
+                    grad_w += (p_c.t() @ (hc.to(acc) * scale).to(cdt)).to(acc)
         if need_grad:
             ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
         return loss / n_valid

@@ -195,3 +195,10 @@ def test_wandb_without_the_package_is_a_clear_error(tmp_path, cache_dir, monkeyp
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
     with pytest.raises(ConfigError, match="pip install"):
         run(tmp_path, cache_dir, "train.max_steps=1", "train.wandb=true", "train.name=wb")
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path, cache_dir):
+    _, summary = run(tmp_path, cache_dir, "train.dtype=bf16", "train.max_steps=12",
+                     "optim.lr=1e-3", "model.n_layer=1", "train.name=bf16")
+    assert summary.dtype == "bfloat16"
+    assert summary.final_val_loss < summary.initial_val_loss - 0.5

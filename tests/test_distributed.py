@@ -16,7 +16,8 @@ from symbreak.train.metrics import read_metrics
 
 COMMON = ["model.n_layer=2", "model.block_size=32", "train.batch_size=4", "train.max_steps=3",
           "train.eval_tokens=1024", "train.log_every=1", "train.progress=false", "sb.q=true",
-          "sb.v=true", "optim.name=ecd", "optim.nu=0.01"]
+          "sb.v=true", "optim.name=ecd", "optim.nu=0.01",
+          "train.dtype=fp32"]  # 1e-6 is a float32 claim: bf16 rounds per micro-batch
 
 
 def _params(run_dir):

@@ -129,7 +129,7 @@ class TrainConfig:
     eval_tokens: int = 65536  # size of the fixed held-out set used for val_loss
     log_every: int = 10
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = _choices("auto", "fp32", "bf16", default="auto")  # auto: bf16 on CUDA
+    dtype: str = _choices("auto", "fp32", "bf16", default="auto")  # auto: bf16 where native
     compile: bool = False
     checkpoint_every: int = 0  # steps; 0: only at the end
     keep_checkpoints: int = 3  # newest checkpoints kept; 0: all

@@ -1,6 +1,10 @@
-"""Which device a command runs on: one rule for ``train``, ``eval``, ``sample`` and ``bench``."""
+"""Which device and compute dtype a command runs with: one rule for every command."""
 
 from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
 
 import torch
 
@@ -27,3 +31,37 @@ def resolve_device(name: str, local_rank: int = 0, option: str = "--device") -> 
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
     return dev
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX-BF16; Linux only).
+
+    Without them oneDNN emulates bf16 through fp32 and autocast would only add casts, so fp32
+    stays the default there.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """Autocast compute dtype: ``fp32``, ``bf16``, or ``auto``.
+
+    ``auto`` is bf16 on CUDA and on CPUs with native bf16 instructions, fp32 elsewhere. On CPU a
+    test shows bf16 tracks fp32's loss curve (tests/test_train.py); docs/performance.md has the
+    speed-up.
+    """
+    if name == "auto":
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        return torch.bfloat16 if native else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device``, or nothing for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

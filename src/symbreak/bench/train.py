@@ -81,11 +81,10 @@ from symbreak.bench import TRAIN_STEPS as DEFAULT_STEPS
 from symbreak.bench import TRAIN_WARMUP as DEFAULT_WARMUP
 from symbreak.config import Config
 from symbreak.data import TrainBatches, load_data
-from symbreak.device import resolve_device
+from symbreak.device import autocast, resolve_device, resolve_dtype
 from symbreak.errors import ConfigError
 from symbreak.model import GPT
 from symbreak.optim import build_optimizer
-from symbreak.train.trainer import autocast, resolve_dtype
 
 GPT2_VOCAB = 50257  # random ids stay below the real vocabulary, as real tokens do
 FLOPS_FORMULA = (

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from symbreak.config import Config
 from symbreak.data import TrainBatches, load_data, val_batches
+from symbreak.device import autocast, resolve_dtype
 from symbreak.errors import CheckpointError, ConfigError, TrainingError
 from symbreak.eval.val_loss import loss_sums
 from symbreak.model import GPT
@@ -94,19 +95,6 @@ class RunSummary:
                 "Run the same command again to resume."
             )
         return out
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Compute dtype of autocast: ``auto`` is bf16 on CUDA and fp32 on CPU."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
-
-
-def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def train(cfg: Config) -> RunSummary:

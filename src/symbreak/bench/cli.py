@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from symbreak.bench import (
     DEFAULT_PRESET,
@@ -24,7 +25,6 @@ from symbreak.bench import (
 from symbreak.config import PRESETS
 
 Subparsers = argparse._SubParsersAction  # what add_subparsers() returns
-
 
 
 def register(subparsers: Subparsers) -> None:
@@ -151,44 +151,53 @@ def add_train(targets: Subparsers) -> None:
 TARGETS: tuple[Callable[[Subparsers], None], ...] = (add_optim, add_train)
 
 
-def _cmd_optim(args: argparse.Namespace) -> int:
+def _run(
+    args: argparse.Namespace,
+    bench: Callable[..., dict],
+    table: Callable[[dict], str],
+    *positional: Any,
+    **kwargs: Any,
+) -> int:
+    """The frame every target shares: thread count, progress on stderr, a table or JSON."""
     import torch
-
-    from symbreak.bench.optim import bench_optim, format_table
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = bench_optim(
+    result = bench(*positional, log=lambda line: print(line, file=sys.stderr, flush=True), **kwargs)
+    print(json.dumps(result, indent=2) if args.json else table(result))
+    return 0
+
+
+def _cmd_optim(args: argparse.Namespace) -> int:
+    from symbreak.bench.optim import bench_optim, format_table
+
+    return _run(
+        args,
+        bench_optim,
+        format_table,
         args.preset,
         steps=args.steps,
         warmup=args.warmup,
         optimizers=args.optimizers,
         device=args.device,
         overrides=args.overrides,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
     )
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
-    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
     from symbreak.bench.train import bench_train, format_table
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = bench_train(
+    return _run(
+        args,
+        bench_train,
+        format_table,
         args.overrides,
         steps=args.steps,
         warmup=args.warmup,
         dtype=args.dtype,
         compile=args.compile,
         profile=args.profile,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
     )
-    print(json.dumps(result, indent=2) if args.json else format_table(result))
-    return 0
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:

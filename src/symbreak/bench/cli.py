@@ -57,17 +57,8 @@ def add_optim(targets: Subparsers) -> None:
     p.add_argument(
         "--preset", choices=list(PRESETS), default=DEFAULT_PRESET, help="model size (%(default)s)"
     )
-    p.add_argument(
-        "--steps",
-        type=_int_at_least(1),
-        default=DEFAULT_STEPS,
-        help="measured steps per optimizer (default %(default)s)",
-    )
-    p.add_argument(
-        "--warmup",
-        type=_int_at_least(0),
-        default=DEFAULT_WARMUP,
-        help="untimed steps first (default %(default)s; SOAP's first call is its set-up)",
+    _timing_args(
+        p, DEFAULT_STEPS, DEFAULT_WARMUP, "per optimizer", "SOAP's first call is its set-up"
     )
     p.add_argument(
         "--optimizers",
@@ -78,13 +69,6 @@ def add_optim(targets: Subparsers) -> None:
     p.add_argument(
         "--device", default="cpu", help="auto, cpu, cuda or cuda:N (default %(default)s)"
     )
-    p.add_argument(
-        "--threads",
-        type=_int_at_least(1),
-        help="torch CPU threads (default: torch's); 1 is steadier on a machine shared with "
-        "other jobs, where a thread left waiting stalls every parallel kernel",
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument(
         "overrides",
         nargs="*",
@@ -109,35 +93,18 @@ def add_train(targets: Subparsers) -> None:
         "--dtype",
         choices=("fp32", "bf16"),
         help="compute dtype; bf16 is autocast around the forward (default: train.dtype, "
-        "auto = bf16 on CUDA, fp32 on CPU)",
+        "auto = bf16 on CUDA and on CPUs with native bf16, else fp32)",
     )
     p.add_argument(
         "--compile", action="store_true", help="torch.compile both models; reports compile_s"
     )
-    p.add_argument(
-        "--steps",
-        type=_int_at_least(1),
-        default=TRAIN_STEPS,
-        help="measured steps per model (default %(default)s)",
-    )
-    p.add_argument(
-        "--warmup",
-        type=_int_at_least(0),
-        default=TRAIN_WARMUP,
-        help="untimed steps per model first (default %(default)s; the first compiles)",
-    )
+    _timing_args(p, TRAIN_STEPS, TRAIN_WARMUP, "per model", "the first one compiles")
     p.add_argument(
         "--profile",
         metavar="FILE",
         help="write a torch.profiler chrome trace of a few steps to FILE and list the top 10 "
         "operators",
     )
-    p.add_argument(
-        "--threads",
-        type=_int_at_least(1),
-        help="torch CPU threads (default: torch's)",
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument(
         "overrides",
         nargs="*",
@@ -198,6 +165,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
         compile=args.compile,
         profile=args.profile,
     )
+
+
+def _timing_args(p: argparse.ArgumentParser, steps: int, warmup: int, unit: str, note: str) -> None:
+    """Options every target shares: how many steps, how many warm-up steps, threads, JSON."""
+    p.add_argument(
+        "--steps",
+        type=_int_at_least(1),
+        default=steps,
+        help=f"measured steps {unit} (default %(default)s)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=_int_at_least(0),
+        default=warmup,
+        help=f"untimed steps {unit} first (default %(default)s; {note})",
+    )
+    p.add_argument(
+        "--threads",
+        type=_int_at_least(1),
+        help="torch CPU threads (default: torch's); 1 is steadier on a machine shared "
+        "with other jobs, where a thread left waiting stalls every parallel kernel",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:

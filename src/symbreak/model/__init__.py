@@ -1,7 +1,7 @@
 """The symmetry-broken GPT: ``GPT(cfg.model, cfg.sb)``."""
 
 from symbreak.model.attention import CausalSelfAttention
-from symbreak.model.bias import BiasSampler, keyed_seed
+from symbreak.model.bias import BiasSampler
 from symbreak.model.gpt import GPT, Block
 from symbreak.model.mlp import MLP, FeaturePReLU
 
@@ -12,5 +12,4 @@ __all__ = [
     "Block",
     "CausalSelfAttention",
     "FeaturePReLU",
-    "keyed_seed",
 ]

@@ -130,3 +130,18 @@ def test_failed_write_leaves_previous_checkpoint_and_no_temp_dir(tmp_path, monke
     assert resolve_checkpoint(tmp_path).name == "step_00000001"
     assert not list((tmp_path / "checkpoints").glob(".tmp*"))
     assert not (tmp_path / "checkpoints" / "step_00000002").exists()
+
+
+def test_pruning_keeps_the_newest_and_the_best_checkpoint(tmp_path):
+    from symbreak.train.checkpoint import best_checkpoint, prune_checkpoints
+
+    model = tiny()
+    for step, val in [(1, 3.0), (2, 1.0), (3, 2.5), (4, 2.8)]:
+        save_checkpoint(tmp_path, step, model, None, {"val_loss": val})
+    assert best_checkpoint(tmp_path).name == "step_00000002"
+    removed = prune_checkpoints(tmp_path, keep=2)
+    assert [p.name for p in removed] == ["step_00000001"]
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert names == ["step_00000002", "step_00000003", "step_00000004"]
+    (tmp_path / "checkpoints" / "step_00000002" / "state.json").unlink()  # incomplete now
+    assert best_checkpoint(tmp_path).name == "step_00000003"

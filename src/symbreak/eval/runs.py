@@ -33,6 +33,7 @@ from symbreak.train.checkpoint import (
     resolve_checkpoint,
     step_dir_name,
 )
+from symbreak.train.checkpoint import best_checkpoint as train_best_checkpoint
 
 SB_EVAL_CHOICES = ("mean", "sample", "zero")
 
@@ -90,27 +91,13 @@ def _step_of(ckpt: Path) -> int:
 
 def best_checkpoint(run_dir: Path) -> Path:
     """The complete checkpoint with the lowest recorded ``val_loss`` (ties: the later step)."""
-    root = Path(run_dir) / "checkpoints"
-    best: tuple[float, int, Path] | None = None
-    for d in sorted(root.glob("step_*")) if root.is_dir() else []:
-        if not d.is_dir():
-            continue
-        try:
-            ckpt = resolve_checkpoint(run_dir, str(_step_of(d)))
-        except CheckpointError:
-            continue  # incomplete: never a candidate
-        v = read_state(ckpt).get("val_loss")
-        if not isinstance(v, int | float) or not math.isfinite(v):
-            continue
-        key = (float(v), -_step_of(ckpt), ckpt)
-        if best is None or key[:2] < best[:2]:
-            best = key
+    best = train_best_checkpoint(run_dir)
     if best is None:
         raise CheckpointError(
             f"{run_dir} has no complete checkpoint with a recorded val_loss; use "
             "--checkpoint latest or a step number"
         )
-    return best[2]
+    return best
 
 
 def find_checkpoint(run_dir: Path, which: str = LATEST) -> Path:

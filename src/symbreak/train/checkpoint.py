@@ -20,6 +20,7 @@ without losing key types, so ``load_state_dict`` gets back exactly what was save
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -33,6 +34,7 @@ from symbreak.errors import CheckpointError
 
 FORMAT_VERSION = 1
 LATEST = "latest"
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
 
 
 def step_dir_name(step: int) -> str:
@@ -183,7 +185,7 @@ def resolve_checkpoint(run_dir: Path, which: str = LATEST) -> Path:
             raise CheckpointError(
                 f"checkpoint '{which}' is not 'latest' or a step number"
             ) from None
-    for name in ("model.safetensors", "optimizer.safetensors", "state.json"):
+    for name in CHECKPOINT_FILES:
         if not (path / name).is_file():
             raise CheckpointError(
                 f"checkpoint {path} is incomplete ({name} is missing); use another checkpoint"
@@ -245,8 +247,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, ckpt: Path, state: di
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` checkpoints (0 keeps all); never the one ``latest``
-    names. Also clears temporary directories left by writes that were killed."""
+    """Delete all but the newest ``keep`` checkpoints (0 keeps all). Never deleted: the one
+    ``latest`` names, and the one with the lowest recorded ``val_loss`` (what
+    ``symbreak eval --checkpoint best`` loads). Also clears temporary directories left by writes
+    that were killed."""
     root = Path(run_dir) / "checkpoints"
     latest = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else None
     removed = []
@@ -255,8 +259,27 @@ def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
     if keep > 0:
         steps = sorted(p for p in root.glob("step_*") if p.is_dir())
+        best = best_checkpoint(run_dir)
+        protected = {latest, best.name if best else None}
         for old in steps[:-keep]:
-            if old.name != latest:
+            if old.name not in protected:
                 shutil.rmtree(old, ignore_errors=True)
                 removed.append(old)
     return removed
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The complete checkpoint with the lowest finite ``val_loss`` in its state.json (the later
+    step on ties), or None."""
+    root = Path(run_dir) / "checkpoints"
+    best, best_loss = None, math.inf
+    for path in sorted(root.glob("step_*")) if root.is_dir() else []:
+        if not all((path / n).is_file() for n in CHECKPOINT_FILES):
+            continue  # incomplete: never a candidate
+        try:
+            loss = read_state(path).get("val_loss")
+        except CheckpointError:
+            continue
+        if isinstance(loss, int | float) and math.isfinite(loss) and loss <= best_loss:
+            best, best_loss = path, float(loss)
+    return best

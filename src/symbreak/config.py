@@ -281,8 +281,14 @@ class Config:
             "train.max_steps",
             "set train.max_steps or train.max_tokens to a positive budget",
         )
-        for key in ("eval_every", "eval_tokens", "log_every", "checkpoint_every",
-                    "keep_checkpoints", "skip_nonfinite"):
+        for key in (
+            "eval_every",
+            "eval_tokens",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "skip_nonfinite",
+        ):
             _require(getattr(t, key) >= 0, f"train.{key}", "must be >= 0")
         _require(t.eval_tokens >= 1, "train.eval_tokens", "must be at least 1")
         _require(t.log_every >= 1, "train.log_every", "must be at least 1")

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from symbreak.atomic import write_text_atomic
 from symbreak.data import decode
 from symbreak.eval.scoring import (
     METRICS,
@@ -194,10 +194,7 @@ def summary_json(summary: Summary) -> dict[str, Any]:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write atomically (temporary file, then rename), creating the parent directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_clean(data), indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(_clean(data), indent=1, allow_nan=False) + "\n")
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from symbreak.atomic import write_text_atomic
+
 COLUMNS = ["step", "tokens", "train_loss", "val_loss", "lr", "tok_per_s", "elapsed_s"]
 
 
@@ -63,10 +65,7 @@ def _truncate_after(path: Path, step: int) -> None:
         for ln in lines[1:]
         if ln.endswith("\n") and ln.count(",") == n_fields and int(ln.split(",", 1)[0]) <= step
     ]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        f.writelines(kept)
-    tmp.replace(path)
+    write_text_atomic(path, "".join(kept))
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:

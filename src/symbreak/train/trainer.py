@@ -32,6 +32,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from symbreak.atomic import write_text_atomic
 from symbreak.config import Config
 from symbreak.data import TrainBatches, load_data, val_batches
 from symbreak.device import autocast, resolve_dtype
@@ -255,7 +256,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         loggers = build_loggers(cfg, self.run_dir) if main else []  # may fail: before writing
         if main:
-            _write_text_atomic(self.run_dir / "config.toml", cfg.to_toml())
+            write_text_atomic(self.run_dir / "config.toml", cfg.to_toml())
         metrics = (
             MetricsWriter(
                 self.run_dir / "metrics.csv", extra, resume_step=state["step"] if resumed else None
@@ -466,9 +467,3 @@ def _check_compatible(stored: Config, new: Config, ckpt: Path) -> None:
                 f"{new_flat[key]!r} now; use the run's own settings (its config.toml) or "
                 "another train.name"
             )
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

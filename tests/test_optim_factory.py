@@ -9,13 +9,29 @@ import torch
 
 from symbreak.config import Config, OptimConfig
 from symbreak.model import GPT
-from symbreak.optim import ECD, build_optimizer, lr_at, param_groups, state_bytes
+from symbreak.optim import (
+    ECD,
+    build_optimizer,
+    lr_at,
+    optimizer_step,
+    param_groups,
+    state_bytes,
+)
 
 
 def tiny_model(seed: int = 0, **overrides) -> tuple[GPT, Config]:
-    cfg = Config.load(overrides=["model.n_layer=1", "model.n_embd=32", "model.n_head=2",
-                                 "model.vocab_size=64", "model.block_size=16", "sb.q=true",
-                                 "sb.v=true", *[f"{k}={v}" for k, v in overrides.items()]])
+    cfg = Config.load(
+        overrides=[
+            "model.n_layer=1",
+            "model.n_embd=32",
+            "model.n_head=2",
+            "model.vocab_size=64",
+            "model.block_size=16",
+            "sb.q=true",
+            "sb.v=true",
+            *[f"{k}={v}" for k, v in overrides.items()],
+        ]
+    )
     torch.manual_seed(seed)
     return GPT(cfg.model, cfg.sb), cfg
 
@@ -49,7 +65,13 @@ def test_paper_defaults_reach_each_optimizer():
     assert isinstance(ecd, ECD)
     g = ecd.param_groups[0]
     assert (g["lr"], g["eta"], g["F0"], g["nu"], g["weight_decay"], g["cons_en"]) == (
-        1.0, 100.0, 2.0, 0.0, 0.0, True)
+        1.0,
+        100.0,
+        2.0,
+        0.0,
+        0.0,
+        True,
+    )
 
 
 def test_parameter_groups_skip_vectors_and_positions_unless_decay_all():
@@ -59,8 +81,12 @@ def test_parameter_groups_skip_vectors_and_positions_unless_decay_all():
     decayed = {names[id(p)] for p in decay["params"]}
     kept = {names[id(p)] for p in no_decay["params"]}
     assert "wte.weight" in decayed and "blocks.0.attn.c_attn.weight" in decayed
-    assert {"wpe.weight", "blocks.0.mlp.act.weight", "blocks.0.ln_1.weight",
-            "blocks.0.attn.c_attn.bias"} <= kept
+    assert {
+        "wpe.weight",
+        "blocks.0.mlp.act.weight",
+        "blocks.0.ln_1.weight",
+        "blocks.0.attn.c_attn.bias",
+    } <= kept
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.1
     (everything,) = param_groups(model, 0.1, decay_all=True)
     assert len(everything["params"]) == len(list(model.parameters()))
@@ -94,7 +120,7 @@ def test_ecd_state_is_half_of_adamw():
         x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
         loss = model(x, x)[1]
         loss.backward()
-        opt.step(loss=loss.detach()) if getattr(opt, "needs_loss", False) else opt.step()
+        optimizer_step(opt, loss.detach())
         sizes[name] = state_bytes(opt)
     params = sum(p.numel() for p in model.parameters()) * 4
     assert sizes["ecd"] == params == sizes["sgdm"]
@@ -102,7 +128,8 @@ def test_ecd_state_is_half_of_adamw():
 
 
 @pytest.mark.parametrize(
-    ("name", "lr"), [("adamw", 1e-2), ("sgdm", 0.3), ("soap", 1e-2), ("ecd", 1.0)])
+    ("name", "lr"), [("adamw", 1e-2), ("sgdm", 0.3), ("soap", 1e-2), ("ecd", 1.0)]
+)
 def test_every_optimizer_lowers_the_loss_of_a_tiny_model(name, lr):
     model, cfg = tiny_model(**{"optim.name": name, "optim.lr": lr})
     opt = build_optimizer(model, cfg.optim)
@@ -113,7 +140,7 @@ def test_every_optimizer_lowers_the_loss_of_a_tiny_model(name, lr):
         model.pin_biases(step)
         loss = model(x, x.roll(-1, 1))[1]
         loss.backward()
-        opt.step(loss=loss.detach()) if getattr(opt, "needs_loss", False) else opt.step()
+        optimizer_step(opt, loss.detach())
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.3, losses

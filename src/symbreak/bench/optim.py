@@ -37,7 +37,7 @@ from symbreak.config import Config
 from symbreak.device import resolve_device
 from symbreak.errors import ConfigError
 from symbreak.model import GPT
-from symbreak.optim import build_optimizer, state_bytes
+from symbreak.optim import build_optimizer, optimizer_step, state_bytes
 
 ECD_LOSS = 5.0  # well above ECD's paper F0 = 2.0: V - F0 > 0, so no step freezes
 GRAD_STD = 0.01  # size of the random gradients (the cost of a step does not depend on it)
@@ -186,10 +186,7 @@ def _timed_step(opt: torch.optim.Optimizer, dev: torch.device) -> float:
     if cuda:
         torch.cuda.synchronize(dev)
     t0 = time.perf_counter()
-    if getattr(opt, "needs_loss", False):
-        opt.step(loss=ECD_LOSS)
-    else:
-        opt.step()
+    optimizer_step(opt, ECD_LOSS)
     if cuda:
         torch.cuda.synchronize(dev)
     return (time.perf_counter() - t0) * 1e3

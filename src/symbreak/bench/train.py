@@ -84,7 +84,7 @@ from symbreak.data import TrainBatches, load_data
 from symbreak.device import autocast, resolve_device, resolve_dtype
 from symbreak.errors import ConfigError
 from symbreak.model import GPT
-from symbreak.optim import build_optimizer
+from symbreak.optim import build_optimizer, optimizer_step
 
 GPT2_VOCAB = 50257  # random ids stay below the real vocabulary, as real tokens do
 FLOPS_FORMULA = (
@@ -239,7 +239,6 @@ class _Run:
             self.model = GPT(cfg.model, cfg.sb).to(dev)
         self.model.train()
         self.opt = build_optimizer(self.model, cfg.optim, seed=seed)
-        self.needs_loss = getattr(self.opt, "needs_loss", False)
         self.grad_clip = cfg.optim.grad_clip
         self.step_model: Callable[..., Any] = torch.compile(self.model) if compile else self.model
         self.compiled = compile
@@ -263,10 +262,7 @@ class _Run:
             loss_sum += loss.detach()
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        if self.needs_loss:
-            self.opt.step(loss=loss_sum / len(batches))
-        else:
-            self.opt.step()
+        optimizer_step(self.opt, loss_sum / len(batches))
         self.opt.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize(self.dev)

@@ -136,6 +136,14 @@ def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
     raise ValueError(f"unknown schedule {cfg.schedule!r}")
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor | float) -> None:
+    """``opt.step()``, handing the step's loss to optimizers that use it (ECD's V)."""
+    if getattr(opt, "needs_loss", False):
+        opt.step(loss=loss)
+    else:
+        opt.step()
+
+
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
         group["lr"] = lr

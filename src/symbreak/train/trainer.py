@@ -39,7 +39,7 @@ from symbreak.device import autocast, resolve_dtype
 from symbreak.errors import CheckpointError, ConfigError, TrainingError
 from symbreak.eval.val_loss import loss_sums
 from symbreak.model import GPT
-from symbreak.optim import build_optimizer, lr_at, set_lr
+from symbreak.optim import build_optimizer, lr_at, optimizer_step, set_lr
 from symbreak.train.checkpoint import (
     LATEST,
     load_model_weights,
@@ -204,7 +204,6 @@ class Trainer:
         )
         model = GPT(cfg.model, cfg.sb).to(self.device)
         optimizer = build_optimizer(model, cfg.optim, seed=t.seed)
-        needs_loss = getattr(optimizer, "needs_loss", False)
         batches = TrainBatches(
             data.train,
             t.batch_size,
@@ -340,10 +339,7 @@ class Trainer:
                 else:
                     if cfg.optim.grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                    if needs_loss:
-                        optimizer.step(loss=stats[0])
-                    else:
-                        optimizer.step()
+                    optimizer_step(optimizer, stats[0])
                     optimizer.zero_grad(set_to_none=True)
                     if step == 0 and getattr(optimizer, "frozen_steps", 0):
                         # F0 above the starting loss: nothing would ever move. (Later freezes

@@ -106,15 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     from symbreak.bench.cli import register as register_bench
     from symbreak.eval.cli import register as register_eval
+    from symbreak.experiments.cli import register as register_experiments
 
     register_eval(sub)
     register_bench(sub)
+    register_experiments(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may follow options (`sweep GRID --jobs 2 train.seed=0`), which
+    # argparse alone does not allow for a positional list.
+    if extra and hasattr(args, "overrides") and all(
+        "=" in a and not a.startswith("-") for a in extra
+    ):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except SymbreakError as e:

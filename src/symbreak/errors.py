@@ -26,3 +26,7 @@ class CheckpointError(SymbreakError):
 
 class TrainingError(SymbreakError):
     """Training cannot go on (non-finite loss, frozen optimizer, ...)."""
+
+
+class ExperimentError(SymbreakError):
+    """A bad grid file, a sweep that would change a trained cell, a report with nothing to say."""

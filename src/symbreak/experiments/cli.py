@@ -1,0 +1,111 @@
+"""The ``sweep`` and ``report`` sub-commands: ``register(subparsers)`` adds them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from symbreak.errors import ExperimentError
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if not 1 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 256, got {value}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "sweep",
+        help="train every cell of a grid of runs (resumable; local or Slurm)",
+        description="Train every cell of GRID.toml (axes, named variants, seeds) as an "
+        "ordinary run directory <out_dir>/<sweep>/<cell>/, skipping finished cells and "
+        "resuming interrupted ones; writes <out_dir>/<sweep>/sweep.json. KEY=VALUE overrides "
+        "apply to every cell. See README.md for the grid format.",
+    )
+    p.add_argument("grid", type=Path, help="grid file (TOML)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=1,
+        metavar="N",
+        help="cells at once on this machine, splitting its cores between them (default 1)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("local", "slurm", "submitit-local"),
+        default="local",
+        help="local (default): child processes here; slurm: a Slurm job array through "
+        "submitit; submitit-local: the Slurm code path run here by submitit",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the cells and what would run; run nothing"
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="with a submitit executor: block until every job has ended",
+    )
+    p.set_defaults(func=cmd_sweep)
+
+    p = subparsers.add_parser(
+        "report",
+        help="tables, paired tests and curves over a sweep or runs",
+        description="Group runs by their config minus the seed and report, per group, final "
+        "and best validation loss (mean, std, Student-t 95%% CI over seeds), and differences "
+        "to a baseline variant paired by seed (paired t-test; Welch's as the unpaired "
+        "alternative). Writes report.md, report.json and PNG curves (default: "
+        "SWEEP_DIR/report/, or ./report/ for loose runs).",
+    )
+    p.add_argument("runs", nargs="+", type=Path, metavar="SWEEP_DIR|RUN_DIR")
+    p.add_argument(
+        "--baseline",
+        metavar="VARIANT",
+        default=None,
+        help="the variant the others are compared with (default: the one without biases)",
+    )
+    p.add_argument(
+        "--metric",
+        choices=("val_loss", "best_val_loss"),
+        default="val_loss",
+        help="the figure the differences and significance are about (default: val_loss, the "
+        "final fixed-set validation loss)",
+    )
+    p.add_argument(
+        "--eval",
+        action="store_true",
+        help="add the puzzle suite (macro accuracy, answer cross-entropy), running "
+        "`symbreak eval` on runs not yet evaluated at their latest checkpoint",
+    )
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="output directory")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from symbreak.experiments.grid import load_grid
+    from symbreak.experiments.sweep import run_sweep
+
+    if args.wait and args.executor == "local":
+        raise ExperimentError("--wait only applies to --executor slurm or submitit-local")
+    grid = load_grid(args.grid, args.overrides)
+    return run_sweep(grid, args.jobs, args.executor, args.dry_run, args.wait)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from symbreak.experiments.report import make_report
+
+    return make_report(
+        args.runs,
+        baseline=args.baseline,
+        metric=args.metric,
+        with_eval=args.eval,
+        out=args.out,
+        plot=not args.no_plot,
+    )

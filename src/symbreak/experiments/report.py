@@ -1,0 +1,415 @@
+"""``symbreak report``: a Markdown table, a JSON file and PNG curves over a sweep or runs.
+
+Outputs in DIR (default ``SWEEP_DIR/report/``, or ``report/`` beside loose runs' common parent):
+``report.md`` (also printed), ``report.json`` (every run's figures, every cell's statistics,
+every difference, and the methods), ``curves.png`` (validation loss against tokens, one panel
+per optimizer or other setting, one colour per variant, the seed mean as a line and the min-max
+over seeds as a band) and ``differences.png`` (the paired difference to the baseline over
+training, with its 95% CI band).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from symbreak.atomic import write_text_atomic
+from symbreak.errors import ExperimentError
+from symbreak.experiments import stats
+from symbreak.experiments.collect import Collection, Record, attach_eval, collect
+
+EVAL_METRICS = ("macro_acc", "answer_ce")
+
+
+def _value(r: Record, metric: str) -> float:
+    if metric == "val_loss":
+        return r.final_val_loss
+    if metric == "best_val_loss":
+        return r.best[0]
+    return float(r.eval[metric]) if r.eval else math.nan
+
+
+def _cells(records: list[Record]) -> dict[tuple[str, str], list[Record]]:
+    cells: dict[tuple[str, str], list[Record]] = {}
+    for r in records:
+        cells.setdefault((r.panel, r.variant), []).append(r)
+    for (panel, variant), rs in cells.items():
+        rs.sort(key=lambda r: r.seed)
+        seeds = [r.seed for r in rs]
+        if len(set(seeds)) != len(seeds):
+            dup = [r.name for r in rs if seeds.count(r.seed) > 1]
+            raise ExperimentError(
+                f"runs {', '.join(dup)} are the same cell ({panel} / {variant}) with the same "
+                "seed; report each configuration and seed once"
+            )
+    return cells
+
+
+def build(col: Collection, metric: str, with_eval: bool) -> dict[str, Any]:
+    """Every figure of the report, as JSON-ready data."""
+    cells = _cells(col.records)
+    metrics = ["val_loss", "best_val_loss"] + (list(EVAL_METRICS) if with_eval else [])
+    cell_rows = []
+    for (panel, variant), rs in cells.items():
+        row: dict[str, Any] = {
+            "panel": panel,
+            "variant": variant,
+            "seeds": [r.seed for r in rs],
+            "runs": [str(r.run_dir) for r in rs],
+            "final_step": sorted({r.final_step for r in rs}),
+            "best_step": stats.describe([r.best[1] for r in rs]),
+            "tokens": stats.describe([r.tokens[-1] for r in rs]),
+            "tok_per_s": stats.describe([r.tok_per_s for r in rs]),
+        }
+        for m in metrics:
+            row[m] = stats.describe([_value(r, m) for r in rs])
+        cell_rows.append(row)
+    diffs = []
+    diff_metrics = [metric] + (list(EVAL_METRICS) if with_eval else [])
+    curves_diff = []
+    if col.baseline is not None:
+        for (panel, variant), rs in cells.items():
+            base = cells.get((panel, col.baseline))
+            if variant == col.baseline or base is None:
+                continue
+            by_seed = {r.seed: r for r in base}
+            pairs = [(r, by_seed[r.seed]) for r in rs if r.seed in by_seed]
+            if not pairs:
+                continue
+            for m in diff_metrics:
+                d = stats.paired([_value(a, m) for a, _ in pairs], [_value(b, m) for _, b in pairs])
+                diffs.append(
+                    {
+                        "panel": panel,
+                        "variant": variant,
+                        "baseline": col.baseline,
+                        "metric": m,
+                        "seeds": [a.seed for a, _ in pairs],
+                        **d,
+                    }
+                )
+            curve = stats.paired_curve(
+                [a.steps for a, _ in pairs],
+                [a.val_loss for a, _ in pairs],
+                [b.steps for _, b in pairs],
+                [b.val_loss for _, b in pairs],
+            )
+            curve["tokens"] = [s * _tokens_per_step(pairs[0][0]) for s in curve["steps"]]
+            curves_diff.append({"panel": panel, "variant": variant, **curve})
+    return {
+        "title": col.title,
+        "source": col.source,
+        "sweep_dir": str(col.sweep_dir) if col.sweep_dir else None,
+        "metric": metric,
+        "variant_axis": col.variant_axis,
+        "baseline": col.baseline,
+        "skipped_unfinished": col.skipped,
+        "methods": {
+            "cells": stats.CELL_METHOD,
+            "differences": stats.DIFF_METHOD,
+            "val_loss": "the last fixed-set validation loss in metrics.csv (train.eval_tokens "
+            "held-out tokens, the same windows at every evaluation)",
+            "best_val_loss": "the lowest fixed-set validation loss over the run's evaluations "
+            "(not a single batch)",
+            "tok_per_s": "median of the logged tok_per_s",
+            "significance": f"'*': the paired 95% CI excludes 0; fewer than {stats.MIN_PAIRS} "
+            "pairs: inconclusive whatever the p-value",
+        },
+        "runs": [r.to_json() for r in col.records],
+        "cells": cell_rows,
+        "differences": diffs,
+        "difference_curves": curves_diff,
+    }
+
+
+def _tokens_per_step(r: Record) -> int:
+    for s, t in zip(r.steps, r.tokens, strict=True):
+        if s:
+            return t // s
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _est(d: dict[str, Any], digits: int = 4, pct: bool = False) -> str:
+    k = 100.0 if pct else 1.0
+    u = "%" if pct else ""
+    mean = _fmt(k * d["mean"], 1 if pct else digits)
+    if d["n"] < 2:
+        return f"{mean}{u}"
+    lo, hi = (_fmt(k * d[x], 1 if pct else digits) for x in ("ci_lo", "ci_hi"))
+    return f"{mean}{u} ± {_fmt(k * d['sd'], 1 if pct else digits)} [{lo}, {hi}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def markdown(data: dict[str, Any], figures: list[str]) -> str:
+    with_eval = any("macro_acc" in c for c in data["cells"])
+    n_seeds = sorted({len(c["seeds"]) for c in data["cells"]})
+    lines = [
+        f"# Report: {data['title']}",
+        "",
+        f"{len(data['runs'])} runs in {len(data['cells'])} cells; seeds per cell: "
+        f"{', '.join(map(str, n_seeds))}. Figures: mean ± sd [95% CI] over seeds "
+        "(Student t, n-1 df). Losses in nats on the fixed held-out set.",
+    ]
+    if data["skipped_unfinished"]:
+        lines += ["", f"Not finished, left out: {', '.join(data['skipped_unfinished'])}."]
+    header = [
+        "panel",
+        "variant",
+        "n",
+        "final val loss",
+        "best val loss",
+        "best step",
+        "tokens",
+        "tok/s",
+    ]
+    if with_eval:
+        header += ["puzzle macro acc", "answer CE"]
+    rows = []
+    for c in data["cells"]:
+        row = [
+            c["panel"],
+            c["variant"],
+            str(len(c["seeds"])),
+            _est(c["val_loss"]),
+            _est(c["best_val_loss"]),
+            f"{c['best_step']['mean']:.0f}",
+            f"{c['tokens']['mean']:,.0f}",
+            f"{c['tok_per_s']['mean']:,.0f}",
+        ]
+        if with_eval:
+            row += [_est(c["macro_acc"], pct=True), _est(c["answer_ce"], 3)]
+        rows.append(row)
+    lines += ["", "## Cells", "", _table(header, rows)]
+    if data["baseline"] is None:
+        lines += [
+            "",
+            "No baseline variant (none without biases, and no --baseline): no "
+            "differences computed.",
+        ]
+    elif data["differences"]:
+        lines += [
+            "",
+            f"## Differences to `{data['baseline']}`, paired by seed",
+            "",
+            "Δ = variant − baseline (for losses, negative is better). `*`: the paired 95% CI "
+            "excludes 0.",
+            "",
+        ]
+        rows = []
+        for d in data["differences"]:
+            pct = d["metric"] == "macro_acc"
+            k = 100.0 if pct else 1.0
+            dig = 1 if pct else 4
+            ci = (
+                f"[{k * d['ci_lo']:+.{dig}f}, {k * d['ci_hi']:+.{dig}f}]"
+                if math.isfinite(d["ci_lo"])
+                else "n/a"
+            )
+            verdict = (
+                ("*" if d["significant"] else "")
+                if d["conclusive"]
+                else (f"n={d['n']}: too few seeds to conclude")
+            )
+            rows.append(
+                [
+                    d["panel"],
+                    d["variant"],
+                    d["metric"],
+                    str(d["n"]),
+                    f"{k * d['mean_diff']:+.{dig}f}",
+                    ci,
+                    _p(d["p_paired"]),
+                    _p(d["p_welch"]),
+                    verdict,
+                ]
+            )
+        lines.append(
+            _table(
+                [
+                    "panel",
+                    "variant",
+                    "metric",
+                    "pairs",
+                    "Δ mean",
+                    "95% CI",
+                    "paired t p",
+                    "Welch p",
+                    "",
+                ],
+                rows,
+            )
+        )
+    else:
+        lines += [
+            "",
+            f"No run shares a seed and panel with the baseline `{data['baseline']}`: "
+            "no paired differences.",
+        ]
+    lines += ["", "Methods: " + "; ".join(f"{k}: {v}" for k, v in data["methods"].items()) + "."]
+    for f in figures:
+        lines += ["", f"![{f}]({f})"]
+    return "\n".join(lines) + "\n"
+
+
+def _p(p: float) -> str:
+    if not math.isfinite(p):
+        return "n/a"
+    return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+
+def plot(data: dict[str, Any], col: Collection, out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    cells = _cells(col.records)
+    panels = list(dict.fromkeys(p for p, _ in cells))
+    variants = list(dict.fromkeys(v for _, v in cells))
+    colours = {v: f"C{i % 10}" for i, v in enumerate(variants)}
+    ncol = min(3, len(panels))
+    nrow = -(-len(panels) // ncol)
+    written = []
+
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 3.6 * nrow), squeeze=False)
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        logx = False
+        for v in variants:
+            rs = cells.get((panel, v))
+            if not rs:
+                continue
+            common = sorted(set.intersection(*(set(r.steps) for r in rs)))
+            x = [rs[0].tokens[rs[0].steps.index(s)] for s in common]
+            ys = [[r.val_loss[r.steps.index(s)] for r in rs] for s in common]
+            mean = [sum(y) / len(y) for y in ys]
+            ax.plot(x, mean, color=colours[v], label=f"{v} (n={len(rs)})")
+            ax.fill_between(
+                x,
+                [min(y) for y in ys],
+                [max(y) for y in ys],
+                color=colours[v],
+                alpha=0.2,
+                linewidth=0,
+            )
+            pos = [t for t in x if t > 0]
+            logx = logx or (len(pos) > 1 and pos[-1] / pos[0] > 30)
+        if logx:
+            ax.set_xscale("log")
+        ax.set_title(panel)
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("val loss (nats)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.suptitle(f"{data['title']}: validation loss, seed mean and min-max")
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+    written.append("curves.png")
+
+    if data["difference_curves"]:
+        fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 3.6 * nrow), squeeze=False)
+        for ax, panel in zip(axes.flat, panels, strict=False):
+            for c in (c for c in data["difference_curves"] if c["panel"] == panel):
+                ax.plot(c["tokens"], c["mean"], color=colours[c["variant"]], label=c["variant"])
+                lo = [
+                    v if math.isfinite(v) else m for v, m in zip(c["ci_lo"], c["mean"], strict=True)
+                ]
+                hi = [
+                    v if math.isfinite(v) else m for v, m in zip(c["ci_hi"], c["mean"], strict=True)
+                ]
+                ax.fill_between(
+                    c["tokens"], lo, hi, color=colours[c["variant"]], alpha=0.2, linewidth=0
+                )
+            ax.axhline(0.0, color="black", linewidth=0.8)
+            ax.set_title(panel)
+            ax.set_xlabel("tokens")
+            ax.set_ylabel(f"Δ val loss vs {data['baseline']}")
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+        for ax in list(axes.flat)[len(panels) :]:
+            ax.axis("off")
+        fig.suptitle(f"paired difference to {data['baseline']} (mean, 95% CI over seeds)")
+        fig.tight_layout()
+        fig.savefig(out / "differences.png", dpi=110)
+        plt.close(fig)
+        written.append("differences.png")
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+
+def default_out(col: Collection, paths: list[Path]) -> Path:
+    if col.sweep_dir is not None:
+        return col.sweep_dir / "report"
+    parent = Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
+    return parent / "report"
+
+
+def make_report(
+    paths: list[Path],
+    baseline: str | None = None,
+    metric: str = "val_loss",
+    with_eval: bool = False,
+    out: Path | None = None,
+    plot_figures: bool = True,
+    echo: Callable[[str], None] = print,
+    **kw: Any,
+) -> int:
+    plot_figures = kw.pop("plot", plot_figures)
+    if out is not None and out.exists() and not out.is_dir():
+        raise ExperimentError(f"--out {out} is a file; give a directory for the report")
+    col = collect(paths, baseline)
+    if with_eval:
+        attach_eval(col.records, echo)
+    data = build(col, metric, with_eval)
+    out = out or default_out(col, paths)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = plot(data, col, out) if plot_figures else []
+    text = markdown(data, figures)
+    write_text_atomic(out / "report.md", text)
+    write_text_atomic(out / "report.json", json.dumps(_clean(data), indent=1) + "\n")
+    echo(text.rstrip())
+    echo(f"\nwrote {out / 'report.md'}, report.json" + "".join(f", {f}" for f in figures))
+    return 0
+
+
+def _clean(x: Any) -> Any:
+    """NaN/inf -> null, so the JSON is standard."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    return x

@@ -1,0 +1,107 @@
+"""The statistics of ``symbreak report``, all from scipy.stats.
+
+* A cell's figure over seeds: mean, sample standard deviation (ddof 1) and the 95% confidence
+  interval of the mean from Student's t with n - 1 degrees of freedom
+  (``scipy.stats.ttest_1samp(x, 0).confidence_interval(0.95)``: mean +- t_{0.975, n-1} s/sqrt(n)).
+  With n = 1 there is no spread and no interval.
+* A variant against the baseline, **paired by seed** (same initial weights and data order, so
+  the seed's own luck cancels): d_i = variant_i - baseline_i; mean difference, its 95% CI and
+  the two-sided paired t-test (``scipy.stats.ttest_rel``). Welch's unequal-variance t-test
+  (``ttest_ind(equal_var=False)``) is the unpaired alternative, reported beside it.
+  A difference is marked significant when its paired CI excludes zero. With fewer than 3 pairs
+  the report says that nothing can be concluded, whatever the p-value.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+CONFIDENCE = 0.95
+MIN_PAIRS = 3
+CELL_METHOD = "mean over seeds; sd with ddof=1; 95% CI of the mean from Student t, n-1 df"
+DIFF_METHOD = (
+    "variant - baseline, paired by seed; 95% CI and p from the paired t-test (n-1 df); "
+    "Welch's unequal-variance t-test as the unpaired alternative"
+)
+
+
+def describe(values: Sequence[float]) -> dict[str, Any]:
+    x = np.asarray(values, dtype=np.float64)
+    n = int(x.size)
+    out: dict[str, Any] = {"n": n, "mean": float(x.mean()) if n else math.nan}
+    if n >= 2:
+        ci = stats.ttest_1samp(x, 0.0).confidence_interval(CONFIDENCE)
+        out.update(sd=float(x.std(ddof=1)), ci_lo=float(ci.low), ci_hi=float(ci.high))
+    else:
+        out.update(sd=math.nan, ci_lo=math.nan, ci_hi=math.nan)
+    return out
+
+
+def paired(variant: Sequence[float], baseline: Sequence[float]) -> dict[str, Any]:
+    """Paired comparison of two equally long, seed-aligned samples (variant - baseline)."""
+    a = np.asarray(variant, dtype=np.float64)
+    b = np.asarray(baseline, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError("paired samples must have the same length")
+    n = int(a.size)
+    d = a - b
+    out: dict[str, Any] = {
+        "n": n,
+        "mean_diff": float(d.mean()) if n else math.nan,
+        "sd_diff": float(d.std(ddof=1)) if n >= 2 else math.nan,
+        "ci_lo": math.nan,
+        "ci_hi": math.nan,
+        "t": math.nan,
+        "p_paired": math.nan,
+        "p_welch": math.nan,
+        "significant": False,
+        "conclusive": n >= MIN_PAIRS,
+    }
+    if n >= 2:
+        if np.all(d == d[0]):  # no spread: t is undefined (scipy returns nan); say so honestly
+            return out
+        with warnings.catch_warnings():
+            # Nearly identical samples (e.g. step 0, before the variants diverge) trigger
+            # scipy's precision warning; the numbers are still the exact t formula's.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = stats.ttest_rel(a, b)
+            ci = res.confidence_interval(CONFIDENCE)
+            welch = stats.ttest_ind(a, b, equal_var=False)
+        out.update(
+            t=float(res.statistic),
+            p_paired=float(res.pvalue),
+            ci_lo=float(ci.low),
+            ci_hi=float(ci.high),
+            p_welch=float(welch.pvalue),
+        )
+        out["significant"] = bool(out["ci_lo"] > 0 or out["ci_hi"] < 0)
+    return out
+
+
+def paired_curve(
+    steps_a: list[list[int]],
+    loss_a: list[list[float]],
+    steps_b: list[list[int]],
+    loss_b: list[list[float]],
+) -> dict[str, list[float]]:
+    """Per evaluation step present in every run of both sides: the paired mean difference and
+    its 95% t interval (NaN with fewer than 2 pairs)."""
+    common = set(steps_a[0])
+    for s in steps_a[1:] + steps_b:
+        common &= set(s)
+    steps = sorted(common)
+    mean, lo, hi = [], [], []
+    for step in steps:
+        a = [ls[st.index(step)] for st, ls in zip(steps_a, loss_a, strict=True)]
+        b = [ls[st.index(step)] for st, ls in zip(steps_b, loss_b, strict=True)]
+        r = paired(a, b)
+        mean.append(r["mean_diff"])
+        lo.append(r["ci_lo"])
+        hi.append(r["ci_hi"])
+    return {"steps": steps, "mean": mean, "ci_lo": lo, "ci_hi": hi}

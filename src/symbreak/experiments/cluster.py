@@ -61,6 +61,14 @@ except ImportError:  # pragma: no cover - submitit is a pinned dependency
     _Base = object  # type: ignore[assignment,misc]
 
 
+def _child_setup() -> None:
+    """In the trainer child: die with the task, and ignore SIGUSR2. Slurm may signal every
+    process of the job; the task (submitit) turns USR2 into a clean SIGTERM for the trainer,
+    while USR2's default action would kill the trainer without a checkpoint."""
+    die_with_parent()
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 class CellTask(_Base):
     """Train one cell; on preemption or time-out, checkpoint it and requeue."""
 
@@ -98,7 +106,7 @@ class CellTask(_Base):
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
-                preexec_fn=die_with_parent,
+                preexec_fn=_child_setup,
             )
             # poll(), not wait(): wait() holds a lock that checkpoint(), running in the signal
             # handler on this same thread, would need too.

@@ -349,3 +349,18 @@ def test_data_parallel_cells_run_under_torchrun(tmp_path, cache):
     assert main(["sweep", str(grid)]) == 0
     log = (tmp_path / "runs" / "ddp" / ".sweep" / "logs" / "sym.log").read_text()
     assert "x 2 processes" in log
+
+
+def test_report_eval_runs_the_puzzle_suite_once(grid_sweep, tmp_path, capsys):
+    _, sweep_dir = grid_sweep
+    run = sweep_dir / "sgdm-sym-seed0"
+    out = tmp_path / "ev"
+    assert main(["report", str(run), "--eval", "--out", str(out), "--no-plot"]) == 0
+    assert "evaluating sgdm-sym-seed0" in capsys.readouterr().out
+    saved = json.loads((run / "eval" / "step_00000004.json").read_text())
+    data = json.loads((out / "report.json").read_text())
+    (cell,) = data["cells"]
+    assert cell["macro_acc"]["mean"] == saved["overall"]["acc"]["macro"]["mean"]
+    assert cell["answer_ce"]["mean"] == saved["overall"]["answer_ce"]["macro"]["mean"]
+    assert main(["report", str(run), "--eval", "--out", str(out), "--no-plot"]) == 0
+    assert "evaluating" not in capsys.readouterr().out  # reused, not recomputed

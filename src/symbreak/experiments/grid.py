@@ -48,6 +48,7 @@ from typing import Any
 
 from symbreak.config import Config, parse_override, read_toml
 from symbreak.errors import ConfigError, ExperimentError
+from symbreak.experiments.flat import flatten
 
 SEED_KEY = "train.seed"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*")
@@ -210,7 +211,7 @@ def parse_grid(tree: dict[str, Any], path: Path | None, overrides: list[str]) ->
     base_keys = tree.get("config", {})
     if not isinstance(base_keys, dict):
         raise ExperimentError(f'{where}: [config] must be a table of "section.key" = value')
-    base_keys = _flatten_keys(base_keys)
+    base_keys = flatten(base_keys)
     axes = _parse_axes(tree.get("axes"), where)
     out_dir = tree.get("out_dir")
     if out_dir is None:
@@ -252,17 +253,6 @@ def parse_grid(tree: dict[str, Any], path: Path | None, overrides: list[str]) ->
             )
     grid.cells()  # every cell's config is checked now, before anything runs
     return grid
-
-
-def _flatten_keys(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"preset": "tiny"}}`` and ``{"model.preset": "tiny"}`` both mean model.preset."""
-    out: dict[str, Any] = {}
-    for k, v in table.items():
-        if isinstance(v, dict):
-            out.update(_flatten_keys(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _parse_axes(axes: Any, where: str) -> list[Axis]:
@@ -308,7 +298,7 @@ def _parse_axes(axes: Any, where: str) -> list[Axis]:
                         f"{where}: variant '{name}.{variant}' must be a table of "
                         '"section.key" = value (use {} for none)'
                     )
-                settings[variant] = _flatten_keys(keys)
+                settings[variant] = flatten(keys)
             out.append(Axis(name, "variants", list(settings), settings))
         else:
             raise ExperimentError(

@@ -320,17 +320,9 @@ def plot(data: dict[str, Any], col: Collection, out: Path) -> list[str]:
             logx = logx or (len(pos) > 1 and pos[-1] / pos[0] > 30)
         if logx:
             ax.set_xscale("log")
-        ax.set_title(panel)
-        ax.set_xlabel("tokens")
-        ax.set_ylabel("val loss (nats)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.axis("off")
-    fig.suptitle(f"{data['title']}: validation loss, seed mean and min-max")
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=110)
-    plt.close(fig)
+        _style(ax, panel, "val loss (nats)")
+    _save(fig, axes, len(panels), f"{data['title']}: validation loss, seed mean and min-max",
+          out / "curves.png")
     written.append("curves.png")
 
     if data["difference_curves"]:
@@ -348,20 +340,32 @@ def plot(data: dict[str, Any], col: Collection, out: Path) -> list[str]:
                     c["tokens"], lo, hi, color=colours[c["variant"]], alpha=0.2, linewidth=0
                 )
             ax.axhline(0.0, color="black", linewidth=0.8)
-            ax.set_title(panel)
-            ax.set_xlabel("tokens")
-            ax.set_ylabel(f"Δ val loss vs {data['baseline']}")
-            ax.grid(alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=8)
-        for ax in list(axes.flat)[len(panels) :]:
-            ax.axis("off")
-        fig.suptitle(f"paired difference to {data['baseline']} (mean, 95% CI over seeds)")
-        fig.tight_layout()
-        fig.savefig(out / "differences.png", dpi=110)
-        plt.close(fig)
+            _style(ax, panel, f"Δ val loss vs {data['baseline']}")
+        _save(fig, axes, len(panels),
+              f"paired difference to {data['baseline']} (mean, 95% CI over seeds)",
+              out / "differences.png")
         written.append("differences.png")
     return written
+
+
+def _style(ax: Any, title: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel("tokens")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def _save(fig: Any, axes: Any, used: int, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    for ax in list(axes.flat)[used:]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,9 +14,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,12 +32,22 @@ DIFF_METHOD = (
 )
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Nearly identical samples (step 0, before variants diverge; equal token counts) trigger
+    scipy's precision-loss warning; the numbers are still the exact t formulas'."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
 def describe(values: Sequence[float]) -> dict[str, Any]:
     x = np.asarray(values, dtype=np.float64)
     n = int(x.size)
     out: dict[str, Any] = {"n": n, "mean": float(x.mean()) if n else math.nan}
     if n >= 2:
-        ci = stats.ttest_1samp(x, 0.0).confidence_interval(CONFIDENCE)
+        with _quiet():
+            ci = stats.ttest_1samp(x, 0.0).confidence_interval(CONFIDENCE)
         out.update(sd=float(x.std(ddof=1)), ci_lo=float(ci.low), ci_hi=float(ci.high))
     else:
         out.update(sd=math.nan, ci_lo=math.nan, ci_hi=math.nan)
@@ -66,10 +77,7 @@ def paired(variant: Sequence[float], baseline: Sequence[float]) -> dict[str, Any
     if n >= 2:
         if np.all(d == d[0]):  # no spread: t is undefined (scipy returns nan); say so honestly
             return out
-        with warnings.catch_warnings():
-            # Nearly identical samples (e.g. step 0, before the variants diverge) trigger
-            # scipy's precision warning; the numbers are still the exact t formula's.
-            warnings.simplefilter("ignore", RuntimeWarning)
+        with _quiet():
             res = stats.ttest_rel(a, b)
             ci = res.confidence_interval(CONFIDENCE)
             welch = stats.ttest_ind(a, b, equal_var=False)

@@ -36,6 +36,7 @@ from symbreak import __version__
 from symbreak.atomic import write_text_atomic
 from symbreak.config import Config
 from symbreak.errors import CheckpointError, ConfigError, ExperimentError
+from symbreak.experiments.flat import flatten
 from symbreak.experiments.grid import Cell, Grid
 from symbreak.train.checkpoint import LATEST, read_state, resolve_checkpoint
 
@@ -67,16 +68,6 @@ class CellState:
 
 def run_dir_of(cell: Cell) -> Path:
     return Path(cell.config.train.out_dir) / cell.config.train.name
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def identity(cfg: Config | dict[str, Any]) -> dict[str, Any]:
@@ -303,7 +294,7 @@ def run_sweep(
             "and run the same command to retry only what is unfinished"
         )
     echo(
-        f"sweep {grid.name}: {len(todo)} cells finished in {elapsed:,.0f} s; "
+        f"sweep {grid.name}: {len(todo)} cell(s) finished in {elapsed:,.0f} s; "
         f"manifest {manifest.path}"
     )
     return 0

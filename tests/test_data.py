@@ -311,7 +311,7 @@ def test_prepare_refuses_non_empty_out_dir(tmp_path):
 
 
 def test_prepare_interrupted_leaves_nothing(tmp_path, monkeypatch):
-    def boom(text):
+    def boom(text, tok=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(corpus_mod, "_tokenize", boom)

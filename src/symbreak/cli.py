@@ -51,6 +51,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         args.out,
         errors=args.encoding_errors,
         val_fraction=args.val_fraction,
+        tokenizer=args.tokenizer,
     )
     counts = meta.get("tokens", {})
     print(
@@ -85,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "prepare",
         help="tokenize text files into llm.c shards",
-        description="Tokenize text files or directories (GPT-2 BPE) into llm.c-format shards "
+        description="Tokenize text files or directories (GPT-2 BPE, or characters) into "
+        "llm.c-format shards "
         "(*_train_*.bin, *_val_*.bin) usable with data.source=DIR.",
     )
     p.add_argument("inputs", nargs="+", help="text files or directories")
@@ -95,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.1,
         help="share of the text held out for validation (default 0.1)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        choices=("gpt2", "char"),
+        default="gpt2",
+        help="gpt2 (default): GPT-2 BPE; char: one id per character of the inputs (the "
+        "vocabulary is stored in meta.json; model.vocab_size then follows the data)",
     )
     p.add_argument(
         "--encoding-errors",

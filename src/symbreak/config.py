@@ -53,7 +53,7 @@ class ModelConfig:
     n_head: int | None = None
     n_embd: int | None = None
     block_size: int | None = None
-    vocab_size: int = 50304
+    vocab_size: int | None = None  # None: from the data (50304 for GPT-2 BPE, exact for char)
     activation: str = _choices("prelu", "gelu", default="prelu")
     prelu_init_mean: float = 0.2  # paper: negative slopes ~ N(0.2, 1.0), one per hidden feature
     prelu_init_std: float = 1.0
@@ -228,6 +228,11 @@ class Config:
                 setattr(o, k, list(v) if isinstance(v, list) else v)
         if self.sb.seed is None:
             self.sb.seed = self.train.seed
+        if m.vocab_size is None:
+            from symbreak.data import default_vocab_size  # lazily: only unset sizes read data
+
+            cache = Path(self.data.cache_dir) if self.data.cache_dir else None
+            m.vocab_size = default_vocab_size(self.data.source, cache)
         self.validate()
         return self
 

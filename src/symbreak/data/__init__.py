@@ -14,9 +14,12 @@ from symbreak.data.corpus import (
     shakespeare_texts,
 )
 from symbreak.data.loader import (
+    PADDED_GPT2_VOCAB,
     DataBundle,
     TokenWindows,
     TrainBatches,
+    data_tokenizer,
+    default_vocab_size,
     find_shards,
     load_data,
     val_batches,
@@ -25,21 +28,29 @@ from symbreak.data.shards import read_shard, write_shard
 from symbreak.data.tokenizer import (
     EOT_ID,
     GPT2_VOCAB_SIZE,
+    CharTokenizer,
+    GPT2Tokenizer,
     decode,
     encode,
     get_tokenizer,
+    tokenizer_from_meta,
 )
 
 __all__ = [
     "EOT_ID",
     "FORMAT_VERSION",
     "GPT2_VOCAB_SIZE",
+    "PADDED_GPT2_VOCAB",
+    "CharTokenizer",
     "DataBundle",
+    "GPT2Tokenizer",
     "TokenWindows",
     "TrainBatches",
     "cached_shakespeare",
+    "data_tokenizer",
     "decode",
     "default_cache_dir",
+    "default_vocab_size",
     "encode",
     "find_shards",
     "get_tokenizer",
@@ -49,6 +60,7 @@ __all__ = [
     "read_shard",
     "read_text_inputs",
     "shakespeare_texts",
+    "tokenizer_from_meta",
     "val_batches",
     "write_shard",
 ]

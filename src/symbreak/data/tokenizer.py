@@ -96,3 +96,91 @@ def decode(ids: Iterable[int]) -> str:
     if hasattr(ids, "tolist"):
         ids = ids.tolist()
     return get_tokenizer().decode([int(i) for i in ids])
+
+
+# --------------------------------------------------------------------------- tokenizers as objects
+
+
+class GPT2Tokenizer:
+    """GPT-2 BPE (the functions above) behind the interface every tokenizer has."""
+
+    name = TOKENIZER_NAME
+    vocab_size = GPT2_VOCAB_SIZE  # real ids; models pad to 50304
+    eot_id = EOT_ID
+
+    def encode(self, text: str) -> list[int]:
+        return encode(text)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return decode(ids)
+
+    def meta(self) -> dict:
+        return {"tokenizer": self.name, "vocab_size": self.vocab_size, "eot_id": self.eot_id}
+
+
+class CharTokenizer:
+    """One id per character: id 0 is the document separator (end of text), ids 1..n the
+    corpus's characters in code-point order. The character list is stored with the data
+    (meta.json ``vocab``), so a run decodes with exactly its own vocabulary."""
+
+    name = "char"
+    eot_id = 0
+
+    def __init__(self, chars: str) -> None:
+        if len(set(chars)) != len(chars) or "".join(sorted(chars)) != chars:
+            raise DataError("a character vocabulary must be sorted and free of repeats")
+        if len(chars) + 1 > 65535:
+            raise DataError(f"{len(chars)} distinct characters do not fit uint16 shards")
+        self.chars = chars
+        self._ids = {c: i + 1 for i, c in enumerate(chars)}
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str]) -> CharTokenizer:
+        seen: set[str] = set()
+        for t in texts:
+            seen.update(t)
+        return cls("".join(sorted(seen)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars) + 1
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self._ids[c] for c in text]
+        except KeyError as e:
+            raise DataError(
+                f"character {e.args[0]!r} is not in this run's character vocabulary "
+                f"({len(self.chars)} characters from its training data)"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        chars = self.chars
+        return "".join(chars[i - 1] if 0 < i <= len(chars) else "" for i in map(int, ids))
+
+    def meta(self) -> dict:
+        return {
+            "tokenizer": self.name,
+            "vocab_size": self.vocab_size,
+            "eot_id": self.eot_id,
+            "vocab": self.chars,
+        }
+
+
+TOKENIZERS = ("gpt2", "char")
+Tokenizer = GPT2Tokenizer | CharTokenizer
+
+
+def tokenizer_from_meta(meta: dict) -> Tokenizer:
+    """The tokenizer a prepared dataset was made with (meta.json; none: GPT-2, as llm.c's)."""
+    name = meta.get("tokenizer", TOKENIZER_NAME)
+    if name == TOKENIZER_NAME:
+        return GPT2Tokenizer()
+    if name == "char":
+        vocab = meta.get("vocab")
+        if not isinstance(vocab, str) or not vocab:
+            raise DataError("meta.json says tokenizer 'char' but holds no 'vocab' string")
+        return CharTokenizer(vocab)
+    raise DataError(f"meta.json names an unknown tokenizer {name!r} (known: gpt2, char)")

@@ -269,6 +269,7 @@ def _run_json(run: Run) -> dict[str, Any]:
 
 
 def _score(run: Run, items: list[Item], batch_size: int) -> tuple[ScoreRun, Summary]:
+    run.require_gpt2("the puzzle suite")
     score = score_items(run.model, items, run.device, batch_size, run.cfg.model.block_size)
     return score, summarize(score.results)
 
@@ -393,6 +394,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         seed=args.seed,
         block_size=run.cfg.model.block_size,
         device=run.device,
+        tokenizer=run.tokenizer,
     )
     print(args.prompt + sample.text)
     end = "end-of-text" if sample.stopped_at_eot else f"{len(sample.new_ids)} new tokens"

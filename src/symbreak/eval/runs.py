@@ -23,6 +23,8 @@ from typing import Any
 import torch
 
 from symbreak.config import Config
+from symbreak.data import GPT2_VOCAB_SIZE, GPT2Tokenizer, data_tokenizer
+from symbreak.data.tokenizer import Tokenizer
 from symbreak.device import resolve_device
 from symbreak.errors import CheckpointError, ConfigError, SymbreakError
 from symbreak.model import GPT
@@ -54,6 +56,25 @@ class Run:
     @property
     def name(self) -> str:
         return self.run_dir.name
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """GPT-2 BPE for a GPT-2-sized vocabulary (no data needed); otherwise the tokenizer
+        stored with the run's data (a character-level vocabulary)."""
+        if self.cfg.model.vocab_size >= GPT2_VOCAB_SIZE:
+            return GPT2Tokenizer()
+        cache = Path(self.cfg.data.cache_dir) if self.cfg.data.cache_dir else None
+        return data_tokenizer(self.cfg.data.source, cache)
+
+    def require_gpt2(self, what: str) -> None:
+        """Refuse GPT-2-text tools (the puzzle suite) on a run with another tokenizer."""
+        name = self.tokenizer.name
+        if name != GPT2Tokenizer.name:
+            raise SymbreakError(
+                f"{what} is GPT-2 BPE text, but {self.run_dir} is a {name}-level run "
+                f"(model.vocab_size {self.cfg.model.vocab_size}); use `symbreak eval --val "
+                "--suite none` for its validation loss"
+            )
 
     @property
     def recorded_val_loss(self) -> float | None:

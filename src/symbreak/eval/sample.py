@@ -9,12 +9,13 @@ device, whatever else has used the global RNG.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from symbreak.data import EOT_ID, decode, encode
+from symbreak.data import GPT2Tokenizer
+from symbreak.data.tokenizer import Tokenizer
 from symbreak.errors import SymbreakError
 from symbreak.eval.scoring import BatchLogits
 
@@ -25,11 +26,12 @@ class Sample:
     prompt_ids: list[int]
     new_ids: list[int]
     stopped_at_eot: bool
+    tokenizer: Tokenizer = field(default_factory=GPT2Tokenizer)
 
     @property
     def text(self) -> str:
         """The generated continuation (the prompt not included)."""
-        return decode(self.new_ids)
+        return self.tokenizer.decode(self.new_ids)
 
 
 def _check(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
@@ -51,18 +53,21 @@ def generate(
     seed: int = 0,
     block_size: int | None = None,
     device: torch.device | str = "cpu",
+    tokenizer: Tokenizer | None = None,
 ) -> Sample:
     """Continue ``prompt`` token by token.
 
     ``temperature`` 0 is greedy decoding; ``top_k`` keeps the k most likely tokens (None: all).
-    An empty prompt starts from the end-of-text token, like a new document.
+    An empty prompt starts from the end-of-text token, like a new document. ``tokenizer``:
+    the run's (default GPT-2 BPE; a character-level run passes its own).
     """
+    tok = tokenizer or GPT2Tokenizer()
     _check(max_new_tokens, temperature, top_k)
     if block_size is None:
         block_size = model.cfg.block_size  # type: ignore[union-attr]
     device = torch.device(device)
-    prompt_ids = encode(prompt)
-    context = list(prompt_ids) or [EOT_ID]
+    prompt_ids = tok.encode(prompt)
+    context = list(prompt_ids) or [tok.eot_id]
     gen = torch.Generator(device="cpu").manual_seed(seed)
     new: list[int] = []
     stopped = False
@@ -75,14 +80,14 @@ def generate(
             last = torch.tensor([len(window) - 1], device=device)
             logits = BatchLogits(model, idx).at(torch.zeros_like(last), last)[0].cpu()
             token = _pick(logits, temperature, top_k, gen)
-            if token == EOT_ID:
+            if token == tok.eot_id:
                 stopped = True
                 break
             new.append(token)
             context.append(token)
     finally:
         model.train(was_training)
-    return Sample(prompt, prompt_ids, new, stopped)
+    return Sample(prompt, prompt_ids, new, stopped, tok)
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> int:

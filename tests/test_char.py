@@ -8,7 +8,7 @@ import pytest
 
 from symbreak.cli import main
 from symbreak.config import Config
-from symbreak.data import CharTokenizer, load_data, prepare_texts, tokenizer_from_meta
+from symbreak.data import CharTokenizer, load_data, tokenizer_from_meta
 from symbreak.data.corpus import cached_shakespeare
 from symbreak.errors import DataError
 
@@ -55,7 +55,7 @@ def test_prepare_char_then_train_sample_and_eval(tmp_path, cache, capsys):
     text = tmp_path / "text"
     text.mkdir()
     for i in range(4):
-        (text / f"doc{i}.txt").write_text(("to be or not to be, that is the question\n" * 60))
+        (text / f"doc{i}.txt").write_text("to be or not to be, that is the question\n" * 60)
     data = tmp_path / "data"
     assert main(["prepare", str(text), "--out", str(data), "--tokenizer", "char"]) == 0
     meta = json.loads((data / "meta.json").read_text())

@@ -30,6 +30,7 @@ from symbreak.data import (
     read_text_inputs,
     shakespeare_texts,
     val_batches,
+    val_window_indices,
     write_shard,
 )
 from symbreak.data import corpus as corpus_mod
@@ -551,16 +552,32 @@ def test_train_batches_bad_sizes(windows):
 
 
 def test_val_batches_fixed(windows):
-    a = val_batches(windows, n_tokens=30, micro_batch_size=3)  # ceil(30/4) = 8 windows
-    b = val_batches(windows, n_tokens=30, micro_batch_size=3)
+    a = val_batches(windows, n_tokens=30, micro_batch_size=3, how="first")  # ceil(30/4) = 8
+    b = val_batches(windows, n_tokens=30, micro_batch_size=3, how="first")
     assert [x.shape[0] for x, _ in a] == [3, 3, 2]
     assert torch.equal(_rows(a), _rows(b))
     assert torch.equal(_rows(a), windows.get(np.arange(8)))
-    ranked = [val_batches(windows, 30, 3, rank=r, world_size=2) for r in range(2)]
+    ranked = [val_batches(windows, 30, 3, rank=r, world_size=2, how="first") for r in range(2)]
     assert torch.equal(_rows(ranked[0]), windows.get(np.arange(0, 8, 2)))
     assert torch.equal(_rows(ranked[1]), windows.get(np.arange(1, 8, 2)))
     capped = val_batches(windows, n_tokens=10**9, micro_batch_size=100)
     assert len(capped) == 1 and capped[0][0].shape == (len(windows), 4)
+
+
+def test_val_windows_spread_evenly_over_the_split(windows):
+    n_all = len(windows)
+    idx = val_window_indices(n_all, n_tokens=8 * 4, block_size=4, how="spread")
+    assert len(idx) == 8 and len(set(idx.tolist())) == 8 and idx[0] == 0
+    assert idx[-1] >= n_all - n_all // 8 - 1  # reaches the end of the split
+    gaps = np.diff(idx)
+    assert gaps.max() - gaps.min() <= 1  # evenly spaced
+    spread = val_batches(windows, 32, 3)
+    assert torch.equal(_rows(spread), windows.get(idx))
+    ranked = [val_batches(windows, 32, 3, rank=r, world_size=2) for r in range(2)]
+    assert torch.equal(_rows(ranked[0]), windows.get(idx[0::2]))  # rank-disjoint, same set
+    assert torch.equal(_rows(ranked[1]), windows.get(idx[1::2]))
+    all_of_it = val_window_indices(n_all, 10**9, 4, "spread")
+    assert np.array_equal(all_of_it, np.arange(n_all))
 
 
 def test_load_data_from_prepared_dir(tmp_path):

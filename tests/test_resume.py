@@ -220,3 +220,22 @@ def test_cli_resume_message_and_pickle_checkpoint_refused(tmp_path, cache_dir):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "safetensors" in proc.stderr and not marker.exists()
+
+
+def test_runs_from_before_eval_windows_keep_their_first_windows(tmp_path, cache_dir):
+    import json
+    import tomllib
+
+    run(tmp_path, cache_dir, "old", "train.max_steps=2", "train.eval_windows=first")
+    run_dir = tmp_path / "old"
+    # Make it look like a run written before train.eval_windows existed.
+    ckpt = resolve_checkpoint(run_dir)
+    state = json.loads((ckpt / "state.json").read_text())
+    del state["config"]["train"]["eval_windows"]
+    (ckpt / "state.json").write_text(json.dumps(state))
+    summary = run(tmp_path, cache_dir, "old", "train.max_steps=4")  # today's default: spread
+    assert any("original held-out set (train.eval_windows=first)" in n for n in summary.notes)
+    stored = tomllib.loads((run_dir / "config.toml").read_text())
+    assert stored["train"]["eval_windows"] == "first"
+    fresh = run(tmp_path, cache_dir, "fresh", "train.max_steps=4", "train.eval_windows=first")
+    assert summary.final_val_loss == fresh.final_val_loss

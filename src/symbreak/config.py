@@ -127,6 +127,8 @@ class TrainConfig:
     micro_batch_size: int = 0  # sequences per forward per rank; 0: batch_size / ranks
     eval_every: int = 100  # steps; 0: only at the start and the end
     eval_tokens: int = 65536  # size of the fixed held-out set used for val_loss
+    # spread: windows evenly spaced over the validation split; first: its first windows
+    eval_windows: str = _choices("spread", "first", default="spread")
     log_every: int = 10
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = _choices("auto", "fp32", "bf16", default="auto")  # auto: bf16 where native
@@ -155,6 +157,11 @@ OPTIM_DEFAULTS: dict[str, dict[str, Any]] = {
     "soap": {"lr": 3e-4, "weight_decay": 0.01, "betas": [0.95, 0.95]},
     "ecd": {"lr": 1.0, "weight_decay": 0.0, "betas": [0.9, 0.95]},
 }
+
+
+# Keys whose default changed when they were introduced: runs stored before that keep the old
+# behaviour (see Config.from_dict).
+LEGACY_VALUES: dict[str, Any] = {"train.eval_windows": "first"}
 
 
 @dataclass
@@ -328,7 +335,14 @@ class Config:
 
     @classmethod
     def from_dict(cls, tree: dict[str, Any], origin: str = "config") -> Config:
+        """A stored, resolved config (config.toml, a checkpoint's state.json). A key it lacks
+        was added after it was written: it gets :data:`LEGACY_VALUES`' value, what the run
+        really did, rather than today's default."""
         cfg = cls()
+        for key, value in LEGACY_VALUES.items():
+            section, _, name = key.partition(".")
+            if isinstance(tree.get(section), dict) and name not in tree[section]:
+                cfg.set(key, value)
         cfg.update(tree, origin=origin)
         return cfg.resolve()
 

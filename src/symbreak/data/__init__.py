@@ -19,6 +19,7 @@ from symbreak.data.loader import (
     TokenWindows,
     TrainBatches,
     data_tokenizer,
+    val_window_indices,
     default_vocab_size,
     find_shards,
     load_data,
@@ -62,5 +63,6 @@ __all__ = [
     "shakespeare_texts",
     "tokenizer_from_meta",
     "val_batches",
+    "val_window_indices",
     "write_shard",
 ]

@@ -223,7 +223,7 @@ def _validation(run: Run) -> dict[str, Any]:
         cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
     )
     micro = cfg.train.micro_batch_size or cfg.train.batch_size
-    batches = val_batches(data.val, cfg.train.eval_tokens, micro)
+    batches = val_batches(data.val, cfg.train.eval_tokens, micro, how=cfg.train.eval_windows)
     t0 = time.perf_counter()
     loss = evaluate_loss(run.model, batches, run.device)
     tokens = sum(y.numel() for _, y in batches)

@@ -141,6 +141,7 @@ class Trainer:
         self.tokens_per_step = cfg.tokens_per_step
         self.micro = t.micro_batch_size or max(1, t.batch_size // env.world_size)
         self.stopper = _StopOnSignal()
+        self.notes: list[str] = []
 
     # ---- set-up ------------------------------------------------------------------------------
 
@@ -155,10 +156,20 @@ class Trainer:
                 f"{self.run_dir} already holds a run (checkpoint at step {state['step']}) and "
                 "train.resume=never; choose another train.name or use train.resume=auto"
             )
-        _check_compatible(Config.from_dict(state["config"], origin=str(ckpt)), self.cfg, ckpt)
+        stored = Config.from_dict(state["config"], origin=str(ckpt))
+        if stored.train.eval_windows != self.cfg.train.eval_windows:
+            # The held-out set is part of a run's curve: a run keeps the one it started with
+            # (runs from before train.eval_windows used the first windows of the split).
+            self.notes.append(
+                f"note: this run measures validation loss on its original held-out set "
+                f"(train.eval_windows={stored.train.eval_windows}); keeping it"
+            )
+            self.cfg.train.eval_windows = stored.train.eval_windows
+        _check_compatible(stored, self.cfg, ckpt)
         return ckpt, state
 
     def _summary(self, model: GPT | None, state: dict, **kw: Any) -> RunSummary:
+        kw["notes"] = self.notes + kw.get("notes", [])
         return RunSummary(
             run_dir=str(self.run_dir),
             steps=state["step"],
@@ -212,7 +223,9 @@ class Trainer:
             rank=env.rank,
             world_size=env.world_size,
         )
-        held_out = val_batches(data.val, t.eval_tokens, self.micro, env.rank, env.world_size)
+        held_out = val_batches(
+            data.val, t.eval_tokens, self.micro, env.rank, env.world_size, how=t.eval_windows
+        )
 
         state: dict[str, Any] = {
             "step": 0,

@@ -19,11 +19,11 @@ from symbreak.data.loader import (
     TokenWindows,
     TrainBatches,
     data_tokenizer,
-    val_window_indices,
     default_vocab_size,
     find_shards,
     load_data,
     val_batches,
+    val_window_indices,
 )
 from symbreak.data.shards import read_shard, write_shard
 from symbreak.data.tokenizer import (

@@ -331,6 +331,11 @@ def test_grid_errors_are_experiment_errors(tmp_path, cache):
     assert [c.name for c in g.cells()] == ["x-x"]
     with pytest.raises(ExperimentError, match="set by an axis"):
         load_grid(grid.with_name("g.toml"), ["optim.lr=2.0"])
+    with pytest.raises(ExperimentError, match="a sweep names its cells"):
+        load_grid(grid, ["train.name=x"])
+    moved = load_grid(grid, [f"train.out_dir={tmp_path / 'elsewhere'}"])
+    assert moved.sweep_dir == tmp_path / "elsewhere" / "x"
+    assert moved.cells()[0].config.train.out_dir == str(tmp_path / "elsewhere" / "x")
 
 
 def test_shipped_grids_parse(capsys):

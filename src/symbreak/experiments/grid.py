@@ -222,6 +222,12 @@ def parse_grid(tree: dict[str, Any], path: Path | None, overrides: list[str]) ->
             except ConfigError as e:
                 raise ExperimentError(f"{where}: {e}") from None
         out_dir = base_keys.get("train.out_dir", probe.train.out_dir)
+    for item in overrides:  # the sweep names its cells; train.out_dir moves the whole sweep
+        key, _, value = item.partition("=")
+        if key.strip() == "train.name":
+            raise ExperimentError(f"override {item}: a sweep names its cells; set name in {where}")
+        if key.strip() == "train.out_dir":
+            out_dir = value.strip().strip("'\"")
     slurm = _checked_table(tree.get("slurm", {}), SLURM_KEYS, f"{where}: [slurm]")
     report = _checked_table(tree.get("report", {}), REPORT_KEYS, f"{where}: [report]")
     if "variant_axis" in report and report["variant_axis"] not in {a.name for a in axes}:

@@ -339,9 +339,10 @@ def test_grid_errors_are_experiment_errors(tmp_path, cache):
 
 
 def test_shipped_grids_parse(capsys):
-    root = Path(__file__).resolve().parent.parent / "configs" / "sweeps"
-    grids = sorted(root.glob("*.toml"))
-    assert grids
+    root = Path(__file__).resolve().parent.parent / "configs"
+    grids = [*sorted((root / "sweeps").glob("*.toml")), root / "paper" / "sweep.toml",
+             root / "cpu-study" / "tune.toml"]
+    assert len(grids) >= 4
     for g in grids:
         assert main(["sweep", str(g), "--dry-run", "--executor", "slurm"]) == 0
     assert "nothing was started" in capsys.readouterr().out
@@ -369,3 +370,21 @@ def test_report_eval_runs_the_puzzle_suite_once(grid_sweep, tmp_path, capsys):
     assert cell["answer_ce"]["mean"] == saved["overall"]["answer_ce"]["macro"]["mean"]
     assert main(["report", str(run), "--eval", "--out", str(out), "--no-plot"]) == 0
     assert "evaluating" not in capsys.readouterr().out  # reused, not recomputed
+
+
+def test_paper_recipes_agree_with_the_paper_sweep():
+    from symbreak.config import Config
+    from symbreak.experiments.sweep import identity
+
+    root = Path(__file__).resolve().parent.parent / "configs" / "paper"
+    cells = {c.name: c for c in load_grid(root / "sweep.toml").cells()}
+    files = sorted(p for p in root.glob("*.toml") if p.name not in ("base.toml", "sweep.toml"))
+    assert len(files) == 4 * 4 * 2
+    for path in files:
+        cfg = Config.load(path, ["train.seed=0"])
+        cell = cells[f"{path.stem.rsplit('-', 1)[0]}-{path.stem.rsplit('-', 1)[1]}-seed0"]
+        assert identity(cfg) == identity(cell.config), path.name
+        assert cfg.model.n_layer == 12 and cfg.train.max_tokens == 500_000_000
+    ecd = Config.load(root / "ecd-bQbV-prelu.toml")
+    assert (ecd.optim.lr, ecd.optim.eta, ecd.optim.F0, ecd.sb.q, ecd.sb.v) == (1.0, 100.0, 2.0,
+                                                                              True, True)

@@ -138,6 +138,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     wandb: bool = False
+    threads: int = 0  # torch CPU threads per process; 0: torch's default
 
 
 SECTIONS: dict[str, type] = {
@@ -288,6 +289,7 @@ class Config:
             "checkpoint_every",
             "keep_checkpoints",
             "skip_nonfinite",
+            "threads",
         ):
             _require(getattr(t, key) >= 0, f"train.{key}", "must be >= 0")
         _require(t.eval_tokens >= 1, "train.eval_tokens", "must be at least 1")

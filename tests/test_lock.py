@@ -37,9 +37,8 @@ def test_second_holder_is_refused_with_the_pid_and_sigkill_releases(tmp_path):
     child = _holder(run_dir)
     try:
         assert is_locked(run_dir)
-        with pytest.raises(RunLockedError, match=f"pid {child.pid} on host"):
-            with run_lock(run_dir):
-                pass
+        with pytest.raises(RunLockedError, match=f"pid {child.pid} on host"), run_lock(run_dir):
+            pass
     finally:
         child.kill()  # SIGKILL: no cleanup code runs; the kernel drops the lock
         child.wait()

@@ -9,6 +9,7 @@ of the same global batch without talking to the others.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -256,6 +257,12 @@ def load_data(
         directory = cached_shakespeare(cache_dir)
     else:
         directory = Path(source).expanduser()
+        close = difflib.get_close_matches(source.lower(), ["shakespeare"], n=1, cutoff=0.7)
+        if close and not directory.exists():
+            raise DataError(
+                f"data.source {source!r} is neither 'shakespeare' nor an existing directory of "
+                "shards (did you mean 'shakespeare'?)"
+            )
     train_paths, val_paths = find_shards(directory)
     meta: dict = {}
     meta_path = directory / META_FILE

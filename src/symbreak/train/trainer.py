@@ -116,10 +116,16 @@ def train(cfg: Config) -> RunSummary:
     """
     apply_threads(cfg.train.threads)
     run_dir = check_run_dir(cfg)
+    out_existed = run_dir.parent.exists()
     env = init_distributed(cfg.train.device)
     try:
         with _locked(run_dir, env):
             return Trainer(cfg, env).run()
+    except BaseException:
+        if env.is_main and not out_existed:  # train.out_dir made by this failed fresh start
+            with contextlib.suppress(OSError):
+                run_dir.parent.rmdir()  # only if empty
+        raise
     finally:
         env.close()
 

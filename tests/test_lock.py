@@ -75,3 +75,20 @@ def test_cli_train_on_a_locked_run_exits_nonzero_naming_the_holder(tmp_path):
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: ") and f"pid {child.pid}" in line
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # nothing touched
+
+
+def test_a_second_torchrun_job_stops_on_every_rank_instead_of_hanging(tmp_path):
+    child = _holder(tmp_path / "two")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+             "-m", "symbreak", "train", f"train.out_dir={tmp_path}", "train.name=two",
+             "train.progress=false", "train.threads=1", "train.device=cpu"],
+            capture_output=True, text=True, env=ENV, timeout=240,
+        )
+    finally:
+        child.kill()
+        child.wait()
+    assert proc.returncode != 0
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: run directory")]
+    assert len(errors) == 2 and all(f"pid {child.pid}" in ln for ln in errors)  # both ranks

@@ -319,26 +319,28 @@ def test_generate_stops_at_end_of_text():
 
 
 def test_compare_defaults_next_to_the_runs_not_the_current_directory(
-    runs, tmp_path, monkeypatch
+    runs, puzzle_file, tmp_path, monkeypatch
 ):
     pytest.importorskip("matplotlib")
     monkeypatch.chdir(tmp_path)
-    assert cli("compare", runs["a"], runs["b"], "--per-category", 2, "--device", "cpu") == 0
+    few = ("--suite", "none", "--puzzles", puzzle_file)
+    assert cli("compare", runs["a"], runs["b"], *few, "--device", "cpu") == 0
+    (tmp_path / "mine.jsonl").unlink()  # the puzzle file lives here too
     assert list(tmp_path.iterdir()) == []
     out = runs["a"].parent / "compare-a-vs-b"
     assert json.loads((out / "compare.json").read_text())["chart"] == str(out / "compare.png")
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_compare_out_named_like_the_chart_keeps_both_outputs(runs, tmp_path):
+def test_compare_out_named_like_the_chart_keeps_both_outputs(runs, puzzle_file, tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "chart.png"
-    assert cli("compare", runs["a"], runs["b"], "--per-category", 2, "--out", png) == 0
+    few = ("--suite", "none", "--puzzles", puzzle_file)
+    assert cli("compare", runs["a"], runs["b"], *few, "--out", png) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert json.loads(png.with_suffix(".json").read_text())["chart"] == str(png)
     out = tmp_path / "named"  # a plain name is a directory, created
-    assert cli("compare", runs["a"], runs["b"], "--per-category", 2, "--out", out,
-               "--no-plot") == 0
+    assert cli("compare", runs["a"], runs["b"], *few, "--out", out, "--no-plot") == 0
     assert json.loads((out / "compare.json").read_text())["chart"] is None
     (tmp_path / "file").write_text("x")
     with pytest.raises(SymbreakError, match=r"--out: .* is a file"):

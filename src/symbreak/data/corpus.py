@@ -417,7 +417,9 @@ def _write_dataset(
     writers = {s: _ShardWriter(out_dir, prefix, s, shard_tokens) for s in SPLITS}
     doc_names: dict[str, list[str]] = {s: [] for s in SPLITS}
     chars = dict.fromkeys(SPLITS, 0)
-    bar = Progress(len(pieces), enabled=show_progress, desc="tokenizing", unit="doc")
+    bar = Progress(  # off a terminal: about 20 plain lines, however many documents
+        len(pieces), enabled=show_progress, desc="tokenizing", unit="doc", every=len(pieces) // 20
+    )
     for split, name, text in bar.iterate(pieces):
         writers[split].add(_tokenize(text))
         doc_names[split].append(name)

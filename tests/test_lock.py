@@ -89,6 +89,8 @@ def test_a_second_torchrun_job_stops_on_every_rank_instead_of_hanging(tmp_path):
     finally:
         child.kill()
         child.wait()
+    # Every rank learns the outcome from rank 0 and stops; torchrun may end the slower rank
+    # before it prints, so at least one line (and never the timeout) is what can be asserted.
     assert proc.returncode != 0
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: run directory")]
-    assert len(errors) == 2 and all(f"pid {child.pid}" in ln for ln in errors)  # both ranks
+    assert 1 <= len(errors) <= 2 and all(f"pid {child.pid}" in ln for ln in errors)

@@ -311,3 +311,52 @@ def test_generate_stops_at_end_of_text():
     assert s.new_ids == [] and s.stopped_at_eot
     with pytest.raises(SymbreakError, match="temperature"):
         generate(Favours(11), "x", temperature=-1.0, block_size=8)
+
+
+# --------------------------------------------------------------------------------------------
+# Output paths (issue 16): outputs never overwrite each other; a directory means "inside it"
+# --------------------------------------------------------------------------------------------
+
+
+def test_compare_defaults_next_to_the_runs_not_the_current_directory(
+    runs, puzzle_file, tmp_path, monkeypatch
+):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    few = ("--suite", "none", "--puzzles", puzzle_file)
+    assert cli("compare", runs["a"], runs["b"], *few, "--device", "cpu") == 0
+    (tmp_path / "mine.jsonl").unlink()  # the puzzle file lives here too
+    assert list(tmp_path.iterdir()) == []
+    out = runs["a"].parent / "compare-a-vs-b"
+    assert json.loads((out / "compare.json").read_text())["chart"] == str(out / "compare.png")
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_out_named_like_the_chart_keeps_both_outputs(runs, puzzle_file, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "chart.png"
+    few = ("--suite", "none", "--puzzles", puzzle_file)
+    assert cli("compare", runs["a"], runs["b"], *few, "--out", png) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert json.loads(png.with_suffix(".json").read_text())["chart"] == str(png)
+    out = tmp_path / "named"  # a plain name is a directory, created
+    assert cli("compare", runs["a"], runs["b"], *few, "--out", out, "--no-plot") == 0
+    assert json.loads((out / "compare.json").read_text())["chart"] is None
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SymbreakError, match=r"--out: .* is a file"):
+        cli("compare", runs["a"], runs["b"], "--out", tmp_path / "file", "--no-plot")
+
+
+def test_eval_out_directory_writes_inside_and_a_file_in_the_way_fails_first(runs, tmp_path):
+    assert cli("eval", runs["a"], "--suite", "none", "--val", "--out", tmp_path) == 0
+    assert json.loads((tmp_path / "step_00000015.json").read_text())["step"] == 15
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(SymbreakError, match=r"--out: cannot write .* is a file"):
+        cli("eval", runs["a"], "--suite", "none", "--val", "--out", tmp_path / "f" / "x.json")
+
+
+def test_bench_profile_directory_means_a_trace_inside(tmp_path):
+    from symbreak.outputs import output_file
+
+    assert output_file(tmp_path, "trace.json", "--profile") == tmp_path / "trace.json"
+    assert output_file(tmp_path / "t.json", "trace.json", "--profile") == tmp_path / "t.json"

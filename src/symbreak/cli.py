@@ -1,7 +1,9 @@
 """``symbreak <command>``: one entry point for every command.
 
 User errors (:class:`~symbreak.errors.SymbreakError`) print one ``error: ...`` line and exit
-with status 2; no traceback. Set ``SYMBREAK_DEBUG=1`` to see the traceback anyway.
+with status 2; no traceback. What the machine refuses where no command expected it (an
+``OSError`` such as a full disk or a denied permission, running out of memory) prints one line
+too and exits with status 1. Set ``SYMBREAK_DEBUG=1`` to see the traceback anyway.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from symbreak import __version__
+from symbreak.argtypes import float_range
 from symbreak.errors import SymbreakError
 
 
@@ -54,6 +57,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer,
     )
     counts = meta.get("tokens", {})
+    skipped = meta.get("skipped", [])
+    if skipped:
+        shown = ", ".join(f"{s['input']} ({s['reason']})" for s in skipped[:10])
+        more = f" and {len(skipped) - 10} more (see meta.json)" if len(skipped) > 10 else ""
+        print(f"skipped {len(skipped)} file(s) that are not text: {shown}{more}")
     print(
         f"wrote shards to {args.out}: "
         + ", ".join(f"{split} {n:,} tokens" for split, n in counts.items())
@@ -74,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model",
         description="Train a model. Config: defaults, then -c FILE.toml, then KEY=VALUE "
         "overrides such as model.preset=tiny sb.q=true sb.v=true optim.name=adamw "
-        "train.max_steps=200 train.name=demo. See README.md for every key.",
+        "train.max_steps=200 train.name=demo. See README.md for every key. Output: the run "
+        "directory train.out_dir/train.name (created; a run already there is resumed; a file in "
+        "the way is refused), locked against a second training process while this one runs.",
     )
     p.add_argument("-c", "--config", help="TOML config file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
@@ -87,14 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare",
         help="tokenize text files into llm.c shards",
         description="Tokenize text files or directories (GPT-2 BPE, or characters) into "
-        "llm.c-format shards "
-        "(*_train_*.bin, *_val_*.bin) usable with data.source=DIR.",
+        "llm.c-format shards (*_train_*.bin, *_val_*.bin) usable with data.source=DIR. In a "
+        "directory, hidden files, token shards, a prepared dataset's meta.json and binary files "
+        "are skipped and listed.",
     )
     p.add_argument("inputs", nargs="+", help="text files or directories")
-    p.add_argument("--out", required=True, help="output directory for the shards")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output directory for the shards: a new or empty directory (one holding anything "
+        "is refused, a file too)",
+    )
     p.add_argument(
         "--val-fraction",
-        type=float,
+        type=float_range(0.0, 1.0, low_open=True, high_open=True),
         default=0.1,
         help="share of the text held out for validation (default 0.1)",
     )
@@ -141,9 +157,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except (OSError, MemoryError, RuntimeError) as e:
+        # What the machine refuses (a full disk, a permission, memory) also ends in one line;
+        # any other RuntimeError is a bug and keeps its traceback.
+        if os.environ.get("SYMBREAK_DEBUG") or not _environmental(e):
+            raise
+        print(f"error: {_describe_environmental(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+
+
+def _environmental(e: BaseException) -> bool:
+    return isinstance(e, OSError | MemoryError) or type(e).__name__ == "OutOfMemoryError"
+
+
+def _describe_environmental(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        where = f": {e.filename}" if e.filename else ""
+        return f"{e.strerror or e}{where}"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return (
+        f"out of memory{' (' + first + ')' if first else ''}; use a smaller model, "
+        "train.batch_size or train.micro_batch_size"
+    )
 
 
 if __name__ == "__main__":

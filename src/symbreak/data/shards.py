@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
+from symbreak.atomic import apply_umask
 from symbreak.errors import DataError
 
 MAGIC = 20240520
@@ -65,6 +66,7 @@ def write_shard(path: str | os.PathLike[str], tokens: ArrayLike) -> None:
             f.write(body.tobytes())
             f.flush()
             os.fsync(f.fileno())
+        apply_umask(tmp)  # mkstemp made it 0600; a shard is ordinary, shareable data
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

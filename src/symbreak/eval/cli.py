@@ -6,15 +6,18 @@ matplotlib for ``compare``) run before any model is loaded, so mistakes fail in 
 not after minutes of scoring.
 
 Defaults: ``eval`` writes ``<RUN_DIR>/eval/<checkpoint>.json`` (e.g. ``eval/step_00001000.json``;
-re-running with other options overwrites it - the JSON records the options); ``compare``
-writes ``compare.json`` and ``compare.png`` in the current directory unless ``--out`` says
-otherwise (the PNG always goes next to the JSON, same name, ``.png``).
+re-running with other options overwrites it - the JSON records the options); ``--out DIR``
+(an existing directory) writes ``DIR/<checkpoint>.json``. ``compare`` writes ``compare.json``
+and ``compare.png`` into one directory: ``--out DIR``, by default ``compare-<run1>-vs-<run2>...``
+next to the first run (never the current directory); ``--out NAME.json`` (or ``NAME.png``)
+writes ``NAME.json`` and ``NAME.png`` side by side. The two outputs never share a path.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -22,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from symbreak import __version__
+from symbreak.argtypes import float_range, int_range, seed
 from symbreak.device import resolve_device
 from symbreak.errors import DataError, SymbreakError
 from symbreak.eval import puzzles, report
 from symbreak.eval.puzzles import CATEGORIES, SUITE_VERSION, Item, builtin_suite, read_puzzles
 from symbreak.eval.runs import SB_EVAL_CHOICES, Run, load_run
 from symbreak.eval.scoring import ScoreRun, Summary, paired_differences, score_items, summarize
+from symbreak.outputs import output_dir, output_file
 
 MATPLOTLIB_PIN = "matplotlib==3.11.2"
 
@@ -37,14 +42,7 @@ MATPLOTLIB_PIN = "matplotlib==3.11.2"
 # --------------------------------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+_positive = int_range(1)
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -83,10 +81,10 @@ def _add_suite_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--suite-seed",
-        type=int,
+        type=seed,
         default=0,
         metavar="N",
-        help="seed of the built-in suite (default 0)",
+        help="seed of the built-in suite, 0 to 2^63-1 (default 0)",
     )
     p.add_argument(
         "--per-category",
@@ -127,7 +125,8 @@ def register(subparsers: Any) -> None:
         type=Path,
         default=None,
         metavar="FILE.json",
-        help="where to write the JSON (default: RUN_DIR/eval/<checkpoint>.json)",
+        help="where to write the JSON (default: RUN_DIR/eval/<checkpoint>.json); an existing "
+        "directory: the JSON goes inside it as <checkpoint>.json",
     )
     p.set_defaults(func=cmd_eval)
 
@@ -144,9 +143,11 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("compare.json"),
-        metavar="FILE.json",
-        help="JSON output (default ./compare.json); the chart goes next to it as FILE.png",
+        default=None,
+        metavar="DIR",
+        help="directory for compare.json and compare.png (created if missing; default: "
+        "compare-<run1>-vs-<run2>... next to the first run). A name ending in .json or .png "
+        "names the files themselves: NAME.json and NAME.png side by side",
     )
     p.add_argument("--no-plot", action="store_true", help="do not draw the PNG chart")
     p.set_defaults(func=cmd_compare)
@@ -159,12 +160,17 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run directory")
     p.add_argument("--prompt", required=True, help="text to continue ('' starts a document)")
-    p.add_argument("--max-new-tokens", type=int, default=100, help="default 100")
+    p.add_argument("--max-new-tokens", type=int_range(0), default=100, help="default 100")
     p.add_argument(
-        "--temperature", type=float, default=1.0, help="default 1.0; 0 is greedy decoding"
+        "--temperature",
+        type=float_range(0.0),
+        default=1.0,
+        help="a finite number >= 0 (default 1.0); 0 is greedy decoding",
     )
-    p.add_argument("--top-k", type=int, default=50, help="default 50; 0 keeps every token")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument(
+        "--top-k", type=int_range(0), default=50, help="default 50; 0 keeps every token"
+    )
+    p.add_argument("--seed", type=seed, default=0, help="sampling seed, 0 to 2^63-1 (default 0)")
     _add_model_options(p)
     p.set_defaults(func=cmd_sample)
 
@@ -290,6 +296,8 @@ def _check_items(items: list[Item], val: bool) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     items = collect_items(args)
     _check_items(items, args.val)
+    if args.out is not None:
+        output_file(args.out, "eval.json", "--out")  # refused now, not after the scoring
     run = _load(args, args.run_dir)
     print(_describe(run), flush=True)
     data: dict[str, Any] = {
@@ -319,7 +327,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data["truncated_items"] = score.truncated_items
         data.update(report.summary_json(summary))
         data["items"] = [report.item_json(r) for r in score.results]
-    out = args.out or args.run_dir / "eval" / f"{run.checkpoint.name}.json"
+    name = f"{run.checkpoint.name}.json"
+    out = output_file(args.out or args.run_dir / "eval" / name, name, "--out")
     report.write_json(out, data)
     print(f"\nwrote {out}")
     return 0
@@ -332,9 +341,31 @@ def _unique_names(run_dirs: list[Path]) -> list[str]:
     return [f"{i + 1}:{p.name}" for i, p in enumerate(run_dirs)]
 
 
+def compare_outputs(
+    out: Path | None, run_dirs: list[Path], plot: bool = True
+) -> tuple[Path, Path | None]:
+    """(JSON path, PNG path or None) for ``compare --out`` (see the module docstring)."""
+    if out is None:
+        names = [re.sub(r"[^\w.-]+", "_", p.resolve().name) for p in run_dirs]
+        name = "compare-" + "-vs-".join(names)
+        if len(name) > 100:
+            name = f"compare-{names[0][:40]}-and-{len(names) - 1}-more"
+        out = run_dirs[0].resolve().parent / name
+    if out.suffix in (".json", ".png") and not out.is_dir():
+        json_path = output_file(out.with_suffix(".json"), "compare.json", "--out")
+        png = json_path.with_suffix(".png")
+    else:
+        directory = output_dir(out, "--out")
+        json_path, png = directory / "compare.json", directory / "compare.png"
+    if png.is_dir():
+        raise SymbreakError(f"--out: the chart's path {png} is a directory; choose another --out")
+    return json_path, png if plot else None
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     if len(args.run_dirs) < 2:
         raise SymbreakError("compare needs at least two run directories")
+    json_out, png = compare_outputs(args.out, args.run_dirs, plot=not args.no_plot)
     if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
         raise SymbreakError(
             f"compare draws its chart with matplotlib, which is not installed: pip install "
@@ -369,14 +400,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         **report.compare_json(runs_json, summaries, diffs),
         "chart": None,
     }
-    out: Path = args.out
-    if not args.no_plot:
-        png = out.with_suffix(".png")
+    if png is not None:
         report.plot_compare(png, names, summaries)
         data["chart"] = str(png)
         print(f"\nwrote {png}")
-    report.write_json(out, data)
-    print(f"wrote {out}")
+    report.write_json(json_out, data)
+    print(f"wrote {json_out}")
     return 0
 
 

@@ -497,6 +497,8 @@ _SCHEMA = (
     '{"category": ..., "prompt": ..., "compare": ...}'
 )
 _KEYS = {"category", "prompt", "expected", "compare"}
+# Rows that eval and compare add after the categories: a category may not be named like them.
+AGGREGATE_ROWS = ("macro", "micro")
 
 
 def parse_puzzle_line(line: str, path: str | Path = "<puzzles>", number: int = 1) -> Item:
@@ -531,6 +533,11 @@ def parse_puzzle_line(line: str, path: str | Path = "<puzzles>", number: int = 1
     if not re.fullmatch(r"[\w.:-]+", obj["category"]):
         raise DataError(
             f"{where}: category '{obj['category']}' may only use letters, digits and _.:-"
+        )
+    if obj["category"].casefold() in AGGREGATE_ROWS:
+        raise DataError(
+            f"{where}: category '{obj['category']}' is the name of an average row in the "
+            f"tables ({', '.join(AGGREGATE_ROWS)}); rename the category"
         )
     for key in ("prompt", "expected", "compare"):
         if key in obj and not obj[key].strip():

@@ -26,7 +26,13 @@ from symbreak.train.metrics import read_metrics
 
 SEED_KEYS = ("train.seed", "sb.seed")
 # Keys that define the held-out measurement: runs that differ here have incomparable losses.
-MEASUREMENT_KEYS = ("data.source", "model.block_size", "model.vocab_size", "train.eval_tokens")
+MEASUREMENT_KEYS = (
+    "data.source",
+    "model.block_size",
+    "model.vocab_size",
+    "train.eval_tokens",
+    "train.eval_windows",
+)
 # Keys that may differ between runs of one cell without making them different experiments.
 IGNORED_KEYS = (
     "train.max_steps",

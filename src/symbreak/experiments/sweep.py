@@ -39,6 +39,7 @@ from symbreak.errors import CheckpointError, ConfigError, ExperimentError
 from symbreak.experiments.flat import flatten
 from symbreak.experiments.grid import Cell, Grid
 from symbreak.train.checkpoint import LATEST, read_state, resolve_checkpoint
+from symbreak.train.lock import describe_holder, is_locked, read_holder
 
 MANIFEST = "sweep.json"
 BOOKKEEPING = ".sweep"
@@ -112,6 +113,12 @@ def prepare_cell(cell: Cell, sweep_dir: Path) -> Path:
     """Write the config the child trains; clear leftovers of an attempt that never reached a
     checkpoint (so its metrics.csv rows cannot mix with the new attempt's)."""
     run_dir = run_dir_of(cell)
+    if is_locked(run_dir):
+        raise ExperimentError(
+            f"cell '{cell.name}' is being trained by another process "
+            f"({describe_holder(read_holder(run_dir) or {})}); "
+            "wait for it or stop it, then run the sweep again"
+        )
     if run_dir.exists() and not (run_dir / "checkpoints" / LATEST).exists():
         shutil.rmtree(run_dir)
     path = sweep_dir / BOOKKEEPING / "configs" / f"{cell.name}.toml"

@@ -1,6 +1,6 @@
 """One factory from ``optim.*`` config to a torch optimizer, its parameter groups and its lr.
 
-Defaults are the paper's (DESIGN.md section 2; :data:`symbreak.config.OPTIM_DEFAULTS`).
+Defaults are the paper's (:data:`symbreak.config.OPTIM_DEFAULTS`).
 """
 
 from __future__ import annotations

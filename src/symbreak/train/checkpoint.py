@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from symbreak.atomic import fsync_dir, write_text_atomic
+from symbreak.atomic import apply_umask, fsync_dir, write_text_atomic
 from symbreak.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -106,10 +107,10 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        save_file(_plain(model.state_dict()), str(tmp / "model.safetensors"))
+        _save_tensors(_plain(model.state_dict()), tmp / "model.safetensors")
         opt_tensors: dict[str, torch.Tensor] = {}
         opt_tree = encode_tree(optimizer.state_dict(), opt_tensors) if optimizer else None
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
         meta = {"format_version": FORMAT_VERSION, "step": step, **state, "optimizer": opt_tree}
         (tmp / "state.json").write_text(json.dumps(meta, indent=1, allow_nan=True) + "\n")
         for f in tmp.iterdir():
@@ -124,6 +125,21 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' ``save_file``, with its I/O failures as ``OSError`` (it raises its own
+    ``SafetensorError`` for a full disk or a file-size limit) and the file given the user's
+    umask (it creates files 0600)."""
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as e:
+        m = re.search(r"os error (\d+)", str(e))
+        if m is None:
+            raise OSError(f"cannot write {path}: {e}") from None
+        code = int(m.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
+    apply_umask(path)
 
 
 def _plain(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -20,12 +20,16 @@ class MetricsWriter:
         path: Path,
         extra_columns: list[str] | tuple[str, ...] = (),
         resume_step: int | None = None,
+        fresh: bool = False,
     ) -> None:
         """With ``resume_step``, rows logged after that step (by a run that died before its next
-        checkpoint) are dropped first, so the file reads as if the run had never stopped."""
+        checkpoint) are dropped first, so the file reads as if the run had never stopped. With
+        ``fresh``, an existing file (of an attempt that left no checkpoint) is replaced."""
         self.path = Path(path)
         self.columns = COLUMNS + [c for c in extra_columns if c not in COLUMNS]
-        if resume_step is not None and self.path.exists():
+        if fresh:
+            self.path.unlink(missing_ok=True)
+        elif resume_step is not None and self.path.exists():
             _truncate_after(self.path, resume_step)
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._f = open(self.path, "a", newline="")  # noqa: SIM115 (kept open across rows)

@@ -20,7 +20,10 @@ loop's counters. A resumed run continues exactly where the checkpoint was writte
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
+import os
+import shutil
 import signal
 import time
 import warnings
@@ -30,16 +33,16 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from symbreak.atomic import write_text_atomic
 from symbreak.config import Config
-from symbreak.data import TrainBatches, load_data, val_batches
+from symbreak.data import TrainBatches, load_data, val_batches, val_window_indices
 from symbreak.device import autocast, resolve_dtype
 from symbreak.errors import CheckpointError, ConfigError, TrainingError
 from symbreak.eval.val_loss import loss_sums
 from symbreak.model import GPT
 from symbreak.optim import build_optimizer, lr_at, optimizer_step, set_lr
+from symbreak.progress import Progress
 from symbreak.train.checkpoint import (
     LATEST,
     load_model_weights,
@@ -50,12 +53,17 @@ from symbreak.train.checkpoint import (
     save_checkpoint,
 )
 from symbreak.train.distributed import DistEnv, init_distributed
+from symbreak.train.lock import RunLockedError, read_holder, run_lock
 from symbreak.train.loggers import build_loggers
 from symbreak.train.metrics import MetricsWriter
 
 # Config keys that define what a run *is*: resuming with another value would silently train a
 # different model or on other data. Everything else (budget, logging, lr, ...) may change.
 IDENTITY_KEYS = ("model", "sb", "optim.name", "data.source", "train.seed", "train.batch_size")
+# Files a training attempt writes into its run directory besides checkpoints/. A fresh start
+# (no checkpoint to resume from) removes those a failed earlier attempt left behind, so nothing
+# of that attempt (metrics.csv rows, TensorBoard events, the W&B run id) mixes into this one.
+ATTEMPT_FILES = ("metrics.csv", "config.toml", "tensorboard", "wandb_id.json")
 
 
 @dataclass
@@ -76,6 +84,7 @@ class RunSummary:
     resumed_from: int | None = None
     stopped_by: str | None = None  # a signal name when interrupted
     notes: list[str] = field(default_factory=list)
+    val_step: int | None = None  # the step final_val_loss was measured at (None: self.steps)
 
     def lines(self) -> list[str]:
         out = list(self.notes)
@@ -88,7 +97,8 @@ class RunSummary:
             + (f"; {self.tok_per_s:,.0f} tokens/s" if math.isfinite(self.tok_per_s) else ""),
             f"train loss   {self.final_train_loss:.4f} (mean of the last log interval)",
             f"val loss     {self.initial_val_loss:.4f} at start -> {self.final_val_loss:.4f} "
-            f"at step {self.steps} (best {self.best_val_loss:.4f})",
+            f"at step {self.steps if self.val_step is None else self.val_step} "
+            f"(best {self.best_val_loss:.4f})",
         ]
         if self.stopped_by:
             out.append(
@@ -99,12 +109,76 @@ class RunSummary:
 
 
 def train(cfg: Config) -> RunSummary:
-    """Train ``cfg`` (resolved) into ``<train.out_dir>/<train.name>``; return a summary."""
+    """Train ``cfg`` (resolved) into ``<train.out_dir>/<train.name>``; return a summary.
+
+    The run directory is locked (:mod:`symbreak.train.lock`) for the whole run: a second
+    process training the same run stops at once with :class:`RunLockedError`.
+    """
+    apply_threads(cfg.train.threads)
+    run_dir = check_run_dir(cfg)
+    out_existed = run_dir.parent.exists()
     env = init_distributed(cfg.train.device)
     try:
-        return Trainer(cfg, env).run()
+        with _locked(run_dir, env):
+            return Trainer(cfg, env).run()
+    except BaseException:
+        if env.is_main and not out_existed:  # train.out_dir made by this failed fresh start
+            with contextlib.suppress(OSError):
+                run_dir.parent.rmdir()  # only if empty
+        raise
     finally:
         env.close()
+
+
+def apply_threads(threads: int) -> None:
+    """``train.threads``: torch's intra-op CPU threads; 0 leaves torch's default alone."""
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def check_run_dir(cfg: Config) -> Path:
+    """``<train.out_dir>/<train.name>``, refused before anything is written if a file is in the
+    way or the directory cannot be created."""
+    out, run_dir = Path(cfg.train.out_dir), Path(cfg.train.out_dir) / cfg.train.name
+    for key, path in (("train.out_dir", out), ("train.name", run_dir)):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(
+                f"{key}: {path} is a file, not a directory; runs are written to "
+                "train.out_dir/train.name: choose another train.out_dir or train.name"
+            )
+    parent = next((p for p in (run_dir, *run_dir.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise ConfigError(f"train.out_dir: {parent} is a file, so {run_dir} cannot be created")
+    if not _writable(parent):
+        raise ConfigError(
+            f"train.out_dir: cannot write into {parent} (permission denied); choose another "
+            "train.out_dir"
+        )
+    return run_dir
+
+
+def _writable(path: Path) -> bool:
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path, env: DistEnv) -> Any:
+    """Rank 0 holds the run directory's lock; every rank learns whether it got it, so a second
+    torchrun job stops on all its ranks instead of hanging in its first collective."""
+    with contextlib.ExitStack() as stack:
+        error: RunLockedError | None = None
+        if env.is_main:
+            try:
+                stack.enter_context(run_lock(run_dir))
+            except RunLockedError as e:
+                error = e
+        if env.enabled:
+            flag = torch.tensor([float(error is not None)], device=env.device)
+            if env.all_reduce(flag).item() > 0 and error is None:
+                error = RunLockedError(run_dir, read_holder(run_dir))
+        if error is not None:
+            raise error
+        yield
 
 
 class _StopOnSignal:
@@ -142,6 +216,12 @@ class Trainer:
         self.micro = t.micro_batch_size or max(1, t.batch_size // env.world_size)
         self.stopper = _StopOnSignal()
         self.notes: list[str] = []
+        self.checkpoints_written = 0
+
+    def _say(self, line: str) -> None:
+        """A start-up line on stdout, from rank 0 only."""
+        if self.env.is_main:
+            print(line, flush=True)
 
     # ---- set-up ------------------------------------------------------------------------------
 
@@ -189,12 +269,23 @@ class Trainer:
 
     def run(self) -> RunSummary:
         # Signals are caught from the start: a SIGTERM during set-up still ends in a checkpoint.
-        with self.stopper:
-            return self._run()
+        created = not self.run_dir.exists() or _only_lock(self.run_dir)
+        try:
+            with self.stopper:
+                return self._run()
+        except BaseException:
+            # A fresh run that fails before its first checkpoint (NaN loss, frozen ECD, a missing
+            # optional package, Ctrl-C twice) leaves nothing to resume: remove what it wrote, so
+            # the directory looks as it did before the command.
+            if self.env.is_main and created and not self.checkpoints_written:
+                _clear_attempt(self.run_dir, remove_dir=True)
+            raise
 
     def _run(self) -> RunSummary:
         cfg, t, env = self.cfg, self.cfg.train, self.env
         ckpt, resumed = self._resume_point()  # every check before anything is written
+        if resumed is None and self.env.is_main and _clear_attempt(self.run_dir):
+            self._say(f"{self.run_dir} holds no checkpoint: removed a failed attempt's files")
         if resumed is not None and resumed["step"] >= self.total:
             return self._summary(
                 None,
@@ -226,12 +317,19 @@ class Trainer:
         held_out = val_batches(
             data.val, t.eval_tokens, self.micro, env.rank, env.world_size, how=t.eval_windows
         )
+        val_set = held_out_set(data.val, t.eval_tokens, t.eval_windows)
+        if resumed is not None:
+            _check_same_val_set(resumed, val_set, ckpt)
+        self._say(val_set.describe(t.eval_tokens))
 
         state: dict[str, Any] = {
             "step": 0,
             "window": [0.0, 0, 0, 0.0],
             "nonfinite": 0,
             "last_train_loss": float("nan"),
+            "val_step": 0,
+            "elapsed_s": 0.0,
+            "val_set": val_set.fingerprint(),
         }
         if resumed is not None:
             load_model_weights(model, ckpt)
@@ -253,6 +351,9 @@ class Trainer:
                     )
                 }
             )
+            # Checkpoints from before these were recorded: the curve's last point, no time.
+            state["val_step"] = resumed.get("val_step", resumed["step"])
+            state["elapsed_s"] = float(resumed.get("elapsed_s", 0.0))
 
         wrapped = DistributedDataParallel(model) if env.enabled else model
         step_model = torch.compile(wrapped) if t.compile else wrapped
@@ -271,7 +372,10 @@ class Trainer:
             write_text_atomic(self.run_dir / "config.toml", cfg.to_toml())
         metrics = (
             MetricsWriter(
-                self.run_dir / "metrics.csv", extra, resume_step=state["step"] if resumed else None
+                self.run_dir / "metrics.csv",
+                extra,
+                resume_step=state["step"] if resumed else None,
+                fresh=resumed is None,
             )
             if main
             else None
@@ -291,14 +395,18 @@ class Trainer:
                 )
         start_step = state["step"]
         start = time.perf_counter()
+        elapsed_before = state["elapsed_s"]  # cumulative over the sessions of this run
+
+        def elapsed() -> float:
+            return elapsed_before + time.perf_counter() - start
+
         train_time = 0.0
-        bar = tqdm(
+        bar = Progress(
             total=self.total,
             initial=start_step,
-            disable=not (t.progress and main),
-            unit="step",
-            dynamic_ncols=True,
+            enabled=t.progress and main,
             desc=t.name,
+            every=t.log_every,
         )
         stopper = self.stopper
         try:
@@ -376,6 +484,7 @@ class Trainer:
                 is_eval = done == self.total or (t.eval_every and done % t.eval_every == 0)
                 if is_eval:
                     state["val_loss"] = validate()
+                    state["val_step"] = done
                     state["best_val_loss"] = min(state["best_val_loss"], state["val_loss"])
                 if is_eval or done % t.log_every == 0:
                     state["last_train_loss"] = w[0] / w[1] if w[1] else float("nan")
@@ -387,7 +496,7 @@ class Trainer:
                         val_loss=state["val_loss"] if is_eval else None,
                         lr=lr,
                         tok_per_s=tok_s,
-                        elapsed_s=time.perf_counter() - start,
+                        elapsed_s=elapsed(),
                         **{k: getattr(optimizer, k) for k in extra},
                     )
                     if metrics:
@@ -398,10 +507,10 @@ class Trainer:
                         loss=f"{state['last_train_loss']:.3f}",
                         val=f"{state['val_loss']:.3f}",
                         tok_s=f"{tok_s:,.0f}",
-                        refresh=False,
                     )
                     state["window"] = [0.0, 0, 0, 0.0]
                 bar.update(1)
+                state["elapsed_s"] = elapsed()
                 stop = stop_votes > 0
                 if (
                     done == self.total
@@ -422,7 +531,8 @@ class Trainer:
             model,
             state,
             tok_per_s=(state["step"] - start_step) * self.tokens_per_step / max(train_time, 1e-9),
-            elapsed_s=time.perf_counter() - start,
+            elapsed_s=elapsed(),
+            val_step=state["val_step"],
             resumed_from=start_step if resumed is not None else None,
             stopped_by=stopper.signal_name if state["step"] < self.total else None,
         )
@@ -446,11 +556,17 @@ class Trainer:
             try:
                 save_checkpoint(self.run_dir, step, model, optimizer, payload)
             except OSError as e:
+                previous = (
+                    "the previous checkpoint is intact: free space and run the same command to "
+                    "resume from it"
+                    if (self.run_dir / "checkpoints" / LATEST).exists()
+                    else "no checkpoint was written yet: free space and run the command again"
+                )
                 raise TrainingError(
                     f"could not write checkpoint step {step} in {self.run_dir / 'checkpoints'} "
-                    f"({e.strerror or e}); the previous checkpoint is intact: free space and run "
-                    "the same command to resume from it"
+                    f"({e.strerror or e}); {previous}"
                 ) from None
+            self.checkpoints_written += 1
             prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
         self.env.barrier()
 
@@ -476,3 +592,94 @@ def _check_compatible(stored: Config, new: Config, ckpt: Path) -> None:
                 f"{new_flat[key]!r} now; use the run's own settings (its config.toml) or "
                 "another train.name"
             )
+
+
+def _only_lock(run_dir: Path) -> bool:
+    """The directory holds nothing but the lock file (this process just created it)."""
+    from symbreak.train.lock import LOCK_FILE
+
+    return all(p.name == LOCK_FILE for p in run_dir.iterdir())
+
+
+def _clear_attempt(run_dir: Path, remove_dir: bool = False) -> bool:
+    """Remove what a training attempt without a checkpoint wrote (see :data:`ATTEMPT_FILES`,
+    and ``checkpoints/`` when it holds no complete checkpoint); with ``remove_dir``, also the
+    directory itself when nothing else is left. Returns whether anything was removed."""
+    from symbreak.train.lock import LOCK_FILE
+
+    if not run_dir.is_dir():
+        return False
+    removed = False
+    for name in ATTEMPT_FILES:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed = True
+        elif path.exists() or path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed = True
+    ckpts = run_dir / "checkpoints"
+    if ckpts.is_dir() and not any(p.name.startswith("step_") for p in ckpts.iterdir()):
+        shutil.rmtree(ckpts, ignore_errors=True)  # only temporary leftovers of a killed write
+    if remove_dir and all(p.name == LOCK_FILE for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return removed
+
+
+@dataclass
+class HeldOutSet:
+    """What the validation curve is measured on: ``windows`` windows of the validation split
+    (evenly spaced over it, or its first ones: ``how``), ``block_size`` target tokens each."""
+
+    windows: int
+    block_size: int
+    available: int  # windows in the whole validation split
+    digest: str  # blake2b of the windows' tokens: a changed data source shows here
+    how: str = "spread"
+
+    @property
+    def tokens(self) -> int:
+        return self.windows * self.block_size
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"windows": self.windows, "block_size": self.block_size, "digest": self.digest}
+
+    def describe(self, asked: int) -> str:
+        line = (
+            f"validation: a fixed held-out set of {self.windows:,} windows x {self.block_size} "
+            f"= {self.tokens:,} tokens"
+            + (" spread evenly over the split" if self.how == "spread" else ", the split's first")
+        )
+        if self.windows == self.available and asked > self.tokens:
+            return line + (
+                f": the whole validation split, fewer than train.eval_tokens={asked:,}"
+            )
+        return line + f" (train.eval_tokens={asked:,}; the split has {self.available:,} windows)"
+
+
+def held_out_set(windows: Any, eval_tokens: int, how: str = "spread") -> HeldOutSet:
+    """The held-out set that :func:`symbreak.data.val_batches` builds, summarised."""
+    idx = val_window_indices(len(windows), eval_tokens, windows.block_size, how)
+    tokens = windows.get(idx).numpy()
+    digest = hashlib.blake2b(tokens.tobytes(), digest_size=12).hexdigest()
+    return HeldOutSet(len(idx), windows.block_size, len(windows), digest, how)
+
+
+def _check_same_val_set(resumed: dict, val_set: HeldOutSet, ckpt: Path) -> None:
+    """A validation curve is comparable only on one held-out set: refuse to continue it on
+    another (a changed train.eval_tokens, or data behind data.source that changed)."""
+    old = resumed.get("val_set")
+    if old is None or old == val_set.fingerprint():
+        return  # checkpoints from before the fingerprint existed cannot be checked
+    if old.get("windows") != val_set.windows:
+        why = (
+            f"{old.get('windows'):,} windows there, {val_set.windows:,} now (train.eval_tokens "
+            "changed?)"
+        )
+    else:
+        why = "same size but other tokens (the data behind data.source changed?)"
+    raise CheckpointError(
+        f"cannot resume from {ckpt}: its validation curve was measured on another held-out set "
+        f"({why}); resume with the run's own train.eval_tokens and data, or use another "
+        "train.name"
+    )

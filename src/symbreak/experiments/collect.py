@@ -312,7 +312,9 @@ def _baseline(records: list[Record], chosen: str | None) -> str | None:
             )
         return chosen
     plain = [v for v in variants if not any(r.has_biases for r in records if r.variant == v)]
-    return plain[0] if plain else None
+    # Exactly one variant without biases is the natural baseline; several (a learning-rate
+    # sweep, say) leave nothing to compare against unless --baseline names one.
+    return plain[0] if len(plain) == 1 else None
 
 
 def attach_eval(records: list[Record], echo: Any = print) -> None:

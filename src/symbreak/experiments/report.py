@@ -201,7 +201,7 @@ def markdown(data: dict[str, Any], figures: list[str]) -> str:
     if data["baseline"] is None:
         lines += [
             "",
-            "No baseline variant (none without biases, and no --baseline): no "
+            "No baseline variant (not exactly one variant without biases, and no --baseline): no "
             "differences computed.",
         ]
     elif data["differences"]:

@@ -138,6 +138,7 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     wandb: bool = False
+    log_noether: bool = False  # noether.csv: attention rotation charges at every log step
 
 
 SECTIONS: dict[str, type] = {

@@ -20,11 +20,13 @@ class MetricsWriter:
         path: Path,
         extra_columns: list[str] | tuple[str, ...] = (),
         resume_step: int | None = None,
+        columns: list[str] | tuple[str, ...] = tuple(COLUMNS),
     ) -> None:
         """With ``resume_step``, rows logged after that step (by a run that died before its next
-        checkpoint) are dropped first, so the file reads as if the run had never stopped."""
+        checkpoint) are dropped first, so the file reads as if the run had never stopped.
+        ``columns`` (``step`` first) serves other per-step CSV files (``noether.csv``)."""
         self.path = Path(path)
-        self.columns = COLUMNS + [c for c in extra_columns if c not in COLUMNS]
+        self.columns = list(columns) + [c for c in extra_columns if c not in columns]
         if resume_step is not None and self.path.exists():
             _truncate_after(self.path, resume_step)
         new = not self.path.exists() or self.path.stat().st_size == 0

@@ -32,6 +32,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from symbreak.analysis.noether_log import FILENAME as NOETHER_CSV
+from symbreak.analysis.noether_log import NoetherLog
 from symbreak.atomic import write_text_atomic
 from symbreak.config import Config
 from symbreak.data import TrainBatches, load_data, val_batches
@@ -263,6 +265,16 @@ class Trainer:
             if main
             else None
         )
+        noether = (
+            NoetherLog(
+                self.run_dir / NOETHER_CSV,
+                model,
+                optimizer,
+                resume_step=state["step"] if resumed else None,
+            )
+            if main and t.log_noether
+            else None
+        )
 
         if resumed is None:
             val = validate()
@@ -379,8 +391,9 @@ class Trainer:
                     )
                     if metrics:
                         metrics.write(**row)
+                    scalars = noether.log(done) if noether else {}
                     for lg in loggers:
-                        lg.log(done, row)
+                        lg.log(done, {**row, **scalars})
                     bar.set_postfix(
                         loss=f"{state['last_train_loss']:.3f}",
                         val=f"{state['val_loss']:.3f}",
@@ -402,6 +415,8 @@ class Trainer:
             bar.close()
             if metrics:
                 metrics.close()
+            if noether:
+                noether.close()
             for lg in loggers:
                 lg.close()
         model.unpin_biases()

@@ -272,3 +272,54 @@ def test_log_noether_with_soap_is_skipped_with_a_note(tmp_path):
     assert log.log(10) == {}
     log.close()
     assert not (tmp_path / "noether.csv").exists()
+
+
+# ---- symbreak noether RUN... --out FILE.png ----------------------------------------------------
+
+
+def fake_run(root, name: str, optim: str, zero_qk: bool = False):
+    """A run directory with a config.toml and a noether.csv as NoetherLog writes them."""
+    from symbreak.analysis.noether_log import COLUMNS
+    from symbreak.train.metrics import MetricsWriter
+
+    run = root / name
+    run.mkdir()
+    (run / "config.toml").write_text(f'[optim]\nname = "{optim}"\n[sb]\nq = true\n')
+    gen = torch.Generator().manual_seed(len(name))
+    with MetricsWriter(run / "noether.csv", columns=COLUMNS) as w:
+        for step in (10, 20, 30):
+            for layer in range(2):
+                for head in range(3):
+                    for sector in ("qk", "vo"):
+                        v = 0.0 if zero_qk and sector == "qk" else torch.rand(1, generator=gen)
+                        w.write(step=step, layer=layer, head=head, sector=sector,
+                                charge=float(v), relative=float(v) / 10)
+    return run
+
+
+def test_noether_plot_command(tmp_path, capsys):
+    from symbreak.analysis.noether_plot import load_run
+    from symbreak.cli import main
+
+    a = fake_run(tmp_path, "sym", "ecd", zero_qk=True)
+    b = fake_run(tmp_path, "adam", "adamw")
+    out = tmp_path / "fig" / "charges.png"
+    assert main(["noether", str(a), str(b), "--out", str(out), "--quantity", "relative"]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG")
+    text = capsys.readouterr().out
+    assert "sym (ecd, bQ)" in text and "not conserved" in text and f"wrote {out}" in text
+    run = load_run(b, "relative")
+    assert run.values.shape == (3, 2, 3, 2) and run.steps.tolist() == [10, 20, 30]
+    csv_rows = (b / "noether.csv").read_text().splitlines()
+    _, layer, head, sector, _, rel = csv_rows[-1].split(",")
+    assert run.values[-1, int(layer), int(head), 1] == float(rel) and sector == "vo"
+
+
+def test_noether_plot_of_a_run_without_noether_csv_says_so(tmp_path, capsys):
+    from symbreak.cli import main
+
+    (tmp_path / "plain").mkdir()
+    assert main(["noether", str(tmp_path / "plain"), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no noether.csv" in err[0] and "train.log_noether=true" in err[0]
+    assert not (tmp_path / "x.png").exists()

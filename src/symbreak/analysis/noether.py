@@ -229,9 +229,7 @@ def charges(
     """
     x_of = weight or (lambda p: p)
 
-    def get(
-        f: Callable[[nn.Parameter], Tensor | None], p: nn.Parameter | None
-    ) -> Tensor | None:
+    def get(f: Callable[[nn.Parameter], Tensor | None], p: nn.Parameter | None) -> Tensor | None:
         if p is None:
             return None
         t = f(p)

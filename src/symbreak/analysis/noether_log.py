@@ -47,7 +47,9 @@ class NoetherLog:
         if self.key is None:
             warnings.warn(f"train.log_noether: {self.description}", RuntimeWarning, stacklevel=2)
             return
-        self._params = [p for a in model.blocks for ps in sector_params(a.attn).values() for p in ps]
+        self._params = [
+            p for block in model.blocks for ps in sector_params(block.attn).values() for p in ps
+        ]
         self.writer = MetricsWriter(Path(path), columns=COLUMNS, resume_step=resume_step)
 
     def log(self, step: int) -> dict[str, float]:

@@ -229,11 +229,12 @@ def charges(
     """
     x_of = weight or (lambda p: p)
 
-    def get(f: Callable[[nn.Parameter], Tensor | None], p: nn.Parameter | None) -> Tensor | None:
-        if p is None:
-            return None
+    def get(f: Callable[[nn.Parameter], Tensor | None], p: nn.Parameter) -> Tensor | None:
         t = f(p)
         return None if t is None else t.detach()
+
+    def sqn(t: Tensor, dims: tuple[int, ...]) -> Tensor:
+        return t.square().sum(dim=dims)
 
     qks, vos, xns, zns = [], [], [], []
     for attn in attention_layers(model):
@@ -242,10 +243,8 @@ def charges(
         w, b, o = attn.c_attn.weight, attn.c_attn.bias, attn.c_proj.weight
         dtype, dev = w.dtype, w.device
         zero_dd = torch.zeros(H, d, d, dtype=dtype, device=dev)
+        # squared norms of the sectors' tensors, per head, for the relative charge
         sq = {s: torch.zeros(H, dtype=dtype, device=dev) for s in ("xqk", "zqk", "xvo", "zvo")}
-
-        def sqn(t: Tensor, dims: tuple[int, ...]) -> Tensor:
-            return t.square().sum(dim=dims)
 
         # W: (3, H, d, C) = [W_Q^h; W_K^h; W_V^h]
         X, Z = get(x_of, w).view(3, H, d, C), get(momentum, w)

@@ -112,11 +112,20 @@ def test_loss_is_flat_along_the_generators_exactly_when_symmetric(sb, broken):
 # ---- law 1: ECD ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sb", [[], ["sb.k=true"]])
+LEARNED = ["sb.mode=learned", "sb.q=true", "sb.v=true"]
+
+
+@pytest.mark.parametrize("sb", [[], ["sb.k=true"], [*LEARNED, "sb.per_head=true"]])
 def test_ecd_charges_start_at_zero_and_stay_zero(sb):
     model, opt = ecd(*sb)
     worst = max(max_relative(c) for c in train(model, opt, STEPS))
     assert worst < 1e-12
+
+
+def test_a_learned_bias_shared_by_the_heads_breaks_the_per_head_charges():
+    model, opt = ecd(*LEARNED)  # only a common rotation of all heads of a layer survives
+    *_, last = train(model, opt, STEPS)
+    assert last.relative().min() > 1e-8
 
 
 @pytest.mark.parametrize("sb", [[], ["sb.k=true"]])

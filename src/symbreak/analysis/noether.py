@@ -43,8 +43,11 @@ form ``omega(x, z)`` for every generator at once.
 ``<𝒜theta, grad ell(theta)> = 0``; weight decay keeps it: ``(lambda_k/2)|theta_k|^2`` is
 rotation invariant tensor by tensor, so ``<𝒜theta, lambda theta> = 0`` for any per-tensor
 ``lambda``. So the force ``G = g + lambda theta`` has zero charge: ``omega(theta, G) = 0``.
+Clipping the global gradient norm multiplies ``g`` by a scalar and keeps this (per-tensor
+clipping would not). Under bf16 autocast each batch's loss is invariant only up to rounding,
+so the laws hold to about 1e-4 relative there, to round-off in float32 and float64.
 
-**Law 1, ECD** (``nu = 0``, ``projection="global"``, one lr for all groups, no clipping). One
+**Law 1, ECD** (``nu = 0``, ``projection="global"``, one lr for all groups). One
 step is ``p' = a p - kappa G`` (steps 1-2 folded; ``a = c (1 + kappa c <p, G>)``, one global
 scalar) and ``theta' = theta + dt p'``. Then::
 

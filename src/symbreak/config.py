@@ -146,6 +146,7 @@ class TrainConfig:
     tensorboard: bool = False
     wandb: bool = False
     threads: int = 0  # torch CPU threads per process; 0: torch's default
+    log_noether: bool = False  # noether.csv: attention rotation charges at every log step
 
 
 SECTIONS: dict[str, type] = {

@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from symbreak.analysis.noether_log import FILENAME as NOETHER_CSV
+from symbreak.analysis.noether_log import NoetherLog
 from symbreak.atomic import write_text_atomic
 from symbreak.config import Config
 from symbreak.data import TrainBatches, load_data, val_batches, val_window_indices
@@ -63,7 +65,7 @@ IDENTITY_KEYS = ("model", "sb", "optim.name", "data.source", "train.seed", "trai
 # Files a training attempt writes into its run directory besides checkpoints/. A fresh start
 # (no checkpoint to resume from) removes those a failed earlier attempt left behind, so nothing
 # of that attempt (metrics.csv rows, TensorBoard events, the W&B run id) mixes into this one.
-ATTEMPT_FILES = ("metrics.csv", "config.toml", "tensorboard", "wandb_id.json")
+ATTEMPT_FILES = ("metrics.csv", "noether.csv", "config.toml", "tensorboard", "wandb_id.json")
 
 
 @dataclass
@@ -380,6 +382,16 @@ class Trainer:
             if main
             else None
         )
+        noether = (
+            NoetherLog(
+                self.run_dir / NOETHER_CSV,
+                model,
+                optimizer,
+                resume_step=state["step"] if resumed else None,
+            )
+            if main and t.log_noether
+            else None
+        )
 
         if resumed is None:
             val = validate()
@@ -501,8 +513,9 @@ class Trainer:
                     )
                     if metrics:
                         metrics.write(**row)
+                    scalars = noether.log(done) if noether else {}
                     for lg in loggers:
-                        lg.log(done, row)
+                        lg.log(done, {**row, **scalars})
                     bar.set_postfix(
                         loss=f"{state['last_train_loss']:.3f}",
                         val=f"{state['val_loss']:.3f}",
@@ -524,6 +537,8 @@ class Trainer:
             bar.close()
             if metrics:
                 metrics.close()
+            if noether:
+                noether.close()
             for lg in loggers:
                 lg.close()
         model.unpin_biases()

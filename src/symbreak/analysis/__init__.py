@@ -1,0 +1,1 @@
+"""Analyses of trained or training models (each module one analysis)."""

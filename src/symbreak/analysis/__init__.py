@@ -1,0 +1,1 @@
+"""Interpretability analyses of trained runs (bias alignment and token classes, ...)."""

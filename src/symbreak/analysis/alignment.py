@@ -21,6 +21,7 @@ seeded, so the same inputs give the same dict.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ from symbreak.model import GPT
 from symbreak.seeding import keyed_seed
 
 SCHEMA = "symbreak.analysis/1"
+Progress = Callable[[str], None]
 ENDS = ("amplified", "suppressed")
 
 
@@ -264,8 +266,13 @@ def populations(tokens: torch.Tensor, vocab_size: int, opts: Options) -> tuple[i
     return n_vocab, ctx_pop
 
 
-def analyze_model(model: GPT, tokens: torch.Tensor, opts: Options) -> dict[str, Any]:
-    """Both scopes of one model on ``tokens`` (1-D): direction, classes, heads, profiles."""
+def analyze_model(
+    model: GPT, tokens: torch.Tensor, opts: Options, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Both scopes of one model on ``tokens`` (1-D): direction, classes, heads, profiles.
+
+    ``progress(message)``, when given, hears about each phase (for a long 124m analysis)."""
+    say = progress or (lambda _msg: None)
     model.eval()
     vocab_size = model.cfg.vocab_size
     n_vocab, ctx_pop = populations(tokens, vocab_size, opts)
@@ -277,11 +284,13 @@ def analyze_model(model: GPT, tokens: torch.Tensor, opts: Options) -> dict[str, 
 
     # vocab scope: layer 0, every real token id
     vocab_pop = torch.arange(n_vocab)
+    say(f"vocabulary keys of {n_vocab:,} token ids (layer 0)")
     vkeys = vocab_keys(model, vocab_pop, opts.vocab_positions).to(torch.float64)
     vocab = ScopeInput("vocab", [0], vocab_pop, vkeys[None], None, counts)
 
     # context scope: every layer, ids seen at least min_count times
     ws = windows(tokens, model.cfg.block_size)
+    say(f"in-context keys: {tokens.numel():,} tokens in {len(ws)} windows, every layer")
     cs = context_stats(model, ws, direction.vectors, ctx_pop, counts)
     context = ScopeInput(
         "context", list(range(n_layer)), ctx_pop, cs.mean_keys(), cs.mean_cos(), counts
@@ -289,6 +298,7 @@ def analyze_model(model: GPT, tokens: torch.Tensor, opts: Options) -> dict[str, 
 
     heads: list[dict[str, Any]] = []
     for scope in (vocab, context):
+        say(f"{scope.name}: enrichment, {opts.permutations} permutations, nulls")
         entries = analyze_scope(scope, classes, direction, null_dirs, opts)
         _fill_qvalues(entries, opts.alpha)
         heads += entries
@@ -365,6 +375,7 @@ def analyze_run(
     opts: Options,
     text_source: str,
     baseline: Run | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The whole analysis.json of a run (and of its symmetric ``baseline``, on the same
     tokens, probed with the vector its bQ would have had)."""
@@ -377,10 +388,12 @@ def analyze_run(
         "checkpoint": {"name": run.checkpoint.name, "step": run.step},
         "options": {**asdict(opts), "text": text_source},
     }
-    result.update(analyze_model(run.model, tokens, opts))
+    result.update(analyze_model(run.model, tokens, opts, progress))
     result["baseline"] = None
     if baseline is not None:
-        base = analyze_model(baseline.model, tokens, opts)
+        if progress is not None:
+            progress(f"baseline {baseline.run_dir}")
+        base = analyze_model(baseline.model, tokens, opts, progress)
         result["baseline"] = {
             "run": {"name": baseline.name, "dir": str(baseline.run_dir)},
             "checkpoint": {"name": baseline.checkpoint.name, "step": baseline.step},

@@ -149,7 +149,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    result = analyze_run(run, tokens, opts, source, baseline)
+
+    def progress(message: str) -> None:
+        print(f"  [{time.perf_counter() - t0:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    result = analyze_run(run, tokens, opts, source, baseline, progress)
     out = args.out if args.out is not None else run.run_dir / "analysis" / run.checkpoint.name
     paths = write_outputs(result, out)
     print("\n".join(summary_lines(result)))

@@ -74,7 +74,16 @@ def _heatmap(
     if labels is not None:
         for (i, j), text in np.ndenumerate(labels):
             if text:
-                ax.text(j, i, text, ha="center", va="center", fontsize=7, color="black")
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="black",
+                    bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 1},
+                )
     return im
 
 
@@ -151,6 +160,11 @@ def most_selective(heads: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return rows[:n]
 
 
+def _label(token: str) -> str:
+    """Token text for an axis: spaces as a visible "␣", newlines and the like escaped."""
+    return repr(token)[1:-1].replace(" ", "\u2423")
+
+
 def top_tokens_figure(result: dict[str, Any]) -> bytes:
     plt = _plt()
     heads = most_selective(result["heads"], N_BAR_HEADS)
@@ -163,7 +177,7 @@ def top_tokens_figure(result: dict[str, Any]) -> bytes:
         )
         ax.bar(range(len(toks)), vals, color=colors)
         ax.set_xticks(range(len(toks)))
-        ax.set_xticklabels([repr(t["token"])[1:-1] for t in toks], rotation=70, fontsize=7)
+        ax.set_xticklabels([_label(t["token"]) for t in toks], rotation=70, fontsize=7)
         ax.axhline(0, color="black", lw=0.5)
         ax.set_ylabel("bonus (nats)")
         ax.set_title(

@@ -234,6 +234,23 @@ def test_captured_keys_are_the_keys_inside_attention(monkeypatch):
             torch.testing.assert_close(stats.key_sums[layer, j], want, rtol=1e-12, atol=1e-12)
 
 
+def test_bf16_context_keys_track_fp32():
+    model, _, _ = planted_model()
+    tokens = random_tokens(2048, 3)
+    counts = torch.bincount(tokens, minlength=SMALL_VOCAB)
+    population = torch.nonzero(counts >= 1).flatten()
+    dirs = probe_direction(model).vectors
+    ws = windows(tokens, 64)
+    fp32 = context_stats(model, ws, dirs, population, counts)
+    bf16 = context_stats(
+        model, ws, dirs, population, counts, ctx=torch.autocast("cpu", dtype=torch.bfloat16)
+    )
+    a = key_bonus(fp32.mean_keys()[0], dirs[0]).flatten()
+    b = key_bonus(bf16.mean_keys()[0], dirs[0]).flatten()
+    assert not torch.equal(a, b)  # the autocast really ran
+    assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.999
+
+
 # --------------------------------------------------------------------------------------------
 # Statistics and classes
 # --------------------------------------------------------------------------------------------

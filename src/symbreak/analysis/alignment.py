@@ -34,6 +34,7 @@ from symbreak.analysis.directions import Direction, probe_direction, random_dire
 from symbreak.analysis.keys import context_stats, vocab_keys
 from symbreak.analysis.text import windows
 from symbreak.data.tokenizer import GPT2_VOCAB_SIZE
+from symbreak.device import autocast, resolve_dtype
 from symbreak.errors import DataError, SymbreakError
 from symbreak.eval.runs import Run
 from symbreak.model import GPT
@@ -53,6 +54,7 @@ class Options:
     seed: int = 0
     vocab_positions: str = "none"  # "none" | "mean"
     alpha: float = 0.05  # q-value threshold used by the summary and figures
+    dtype: str = "fp32"  # in-context forward: "fp32" (exact) or "bf16" (autocast, faster)
 
     def check(self) -> None:
         if self.top < 1:
@@ -65,6 +67,8 @@ class Options:
             raise SymbreakError(f"--min-count must be at least 1, got {self.min_count}")
         if not 0 < self.alpha < 1:
             raise SymbreakError(f"--alpha must be between 0 and 1, got {self.alpha}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise SymbreakError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
         if self.vocab_positions not in ("none", "mean"):
             raise SymbreakError(
                 f"--vocab-positions must be none or mean, got {self.vocab_positions!r}"
@@ -291,7 +295,9 @@ def analyze_model(
     # context scope: every layer, ids seen at least min_count times
     ws = windows(tokens, model.cfg.block_size)
     say(f"in-context keys: {tokens.numel():,} tokens in {len(ws)} windows, every layer")
-    cs = context_stats(model, ws, direction.vectors, ctx_pop, counts)
+    dev = model.wte.weight.device
+    ctx = autocast(dev, resolve_dtype(opts.dtype, dev))
+    cs = context_stats(model, ws, direction.vectors, ctx_pop, counts, ctx=ctx)
     context = ScopeInput(
         "context", list(range(n_layer)), ctx_pop, cs.mean_keys(), cs.mean_cos(), counts
     )
@@ -342,6 +348,7 @@ def analyze_model(
                 "windows": len(ws),
                 "population": int(ctx_pop.numel()),
                 "min_count": opts.min_count,
+                "dtype": opts.dtype,
                 "note": "keys captured inside attention during an eval-mode forward; per token "
                 "id, the mean key over its occurrences",
             },

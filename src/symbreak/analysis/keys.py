@@ -20,6 +20,7 @@ Two scopes:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -105,11 +106,14 @@ def context_stats(
     population: torch.Tensor,
     counts: torch.Tensor,
     tokens_per_forward: int = 8192,
+    ctx: contextlib.AbstractContextManager | None = None,
 ) -> ContextStats:
     """Run ``windows`` (1-D token tensors, each <= block_size) through ``model`` in eval mode
     and accumulate key statistics per population id, layer and head (see the module doc).
 
-    ``directions``: (L, H, d) ``<bQ>``; ``counts``: occurrences per id over all windows."""
+    ``directions``: (L, H, d) ``<bQ>``; ``counts``: occurrences per id over all windows;
+    ``ctx``: e.g. bf16 autocast around each forward (the keys are then those bf16 attention
+    used; every sum is still float64)."""
     was_training = model.training
     model.eval()
     dev = model.wte.weight.device
@@ -151,7 +155,8 @@ def context_stats(
                 for i in range(0, len(ws), batch_size):
                     idx = torch.stack(ws[i : i + batch_size])
                     current["idx"] = idx
-                    model.hidden(idx.to(dev))
+                    with ctx if ctx is not None else contextlib.nullcontext():
+                        model.hidden(idx.to(dev))
                     pos_counts[:length] += idx.shape[0]
                     n_tokens += idx.numel()
     finally:

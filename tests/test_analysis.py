@@ -461,4 +461,4 @@ def test_bad_input_fails_in_one_line(runs, tmp_path, capsys):
 
     shutil.copytree(runs["a"], broken)
     (broken / "checkpoints" / "step_00000003" / "model.safetensors").write_bytes(b"garbage")
-    _error(capsys, ["analyze", str(broken), *FAST])
+    assert "safetensors" in _error(capsys, ["analyze", str(broken), *FAST])

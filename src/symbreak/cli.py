@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_prepare)
 
+    from symbreak.analysis.cli import register as register_analyze
     from symbreak.analysis.noether_plot import register as register_noether
     from symbreak.bench.cli import register as register_bench
     from symbreak.eval.cli import register as register_eval
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_bench(sub)
     register_experiments(sub)
     register_noether(sub)
+    register_analyze(sub)
     return parser
 
 

@@ -58,6 +58,10 @@ class CausalSelfAttention(nn.Module):
         self.bias_q = sampler("q", sb.q_mean, sb.q_std) if sb.q else None
         self.bias_k = sampler("k", sb.k_mean, sb.k_std) if sb.k else None
         self.bias_v = sampler("v", sb.v_mean, sb.v_std) if sb.v else None
+        # A seam, not maths: the per-head keys (B, n_head, T, d_head) exactly as the kernel gets
+        # them (after c_K and bK) pass through this identity, so analysis can read them with a
+        # forward hook instead of re-deriving attention elsewhere. No parameters, no cost.
+        self.key = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -67,7 +71,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, self.d_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.d_head).transpose(1, 2)
         q = _add_bias(q, self.bias_q)
-        k = _add_bias(k, self.bias_k)
+        k = self.key(_add_bias(k, self.bias_k))
         v = _add_bias(v, self.bias_v)
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0

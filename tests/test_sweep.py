@@ -276,7 +276,7 @@ BAD = [
     ("[axes.sb]\n", "axis 'sb' is empty"),
     ('[axes]\n"train.seed" = []\n', "axis 'train.seed' is empty"),
     ("[axes.sb]\nsym = {}\nsym = {}\n", "not valid TOML"),
-    ('bogus = 1\n[axes.sb]\nsym = {}\n', "unknown top-level key"),
+    ('bogus = 1\n[axes.sb]\nsym = {}\n', "unknown config key 'bogus'"),
 ]
 
 

@@ -20,9 +20,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from symbreak.data.corpus import META_FILE, SHAKESPEARE_SOURCES, cached_shakespeare
+from symbreak.data.corpus import (
+    META_FILE,
+    SHAKESPEARE_SOURCES,
+    cached_shakespeare,
+    shakespeare_texts,
+)
 from symbreak.data.shards import read_shard
-from symbreak.data.tokenizer import GPT2_VOCAB_SIZE, Tokenizer, tokenizer_from_meta
+from symbreak.data.tokenizer import (
+    GPT2_VOCAB_SIZE,
+    CharTokenizer,
+    Tokenizer,
+    tokenizer_from_meta,
+)
 from symbreak.errors import DataError
 from symbreak.seeding import keyed_seed
 
@@ -339,9 +349,12 @@ def default_vocab_size(source: str, cache_dir: Path | None = None) -> int:
     multiple of 64: faster matmuls; the extra rows are never targets), or the exact size of a
     character-level vocabulary. A source that does not exist yet counts as GPT-2 here; loading
     it fails later with its own message."""
-    if source not in SHAKESPEARE_SOURCES and not Path(source).expanduser().is_dir():
+    if source == "shakespeare_char":  # the installed texts' characters: no need to prepare
+        return CharTokenizer.from_texts(text for _, text in shakespeare_texts()).vocab_size
+    directory = Path(source).expanduser()
+    if source in SHAKESPEARE_SOURCES or not directory.is_dir():
         return PADDED_GPT2_VOCAB
-    tok = data_tokenizer(source, cache_dir)
+    tok = tokenizer_from_meta(read_meta(directory))
     return tok.vocab_size if tok.name == "char" else PADDED_GPT2_VOCAB
 
 

@@ -104,11 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_prepare)
 
+    from symbreak.analysis.cli import register as register_probe
     from symbreak.bench.cli import register as register_bench
     from symbreak.eval.cli import register as register_eval
 
     register_eval(sub)
     register_bench(sub)
+    register_probe(sub)
     return parser
 
 

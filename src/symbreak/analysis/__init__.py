@@ -1,0 +1,1 @@
+"""Analyses of trained (or freshly initialised) models: ``symbreak probe`` and friends."""

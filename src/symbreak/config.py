@@ -119,6 +119,10 @@ class DataConfig:
 
     source: str = "shakespeare"
     cache_dir: str = ""  # "": $SYMBREAK_CACHE or ~/.cache/symbreak
+    addition_train: int = 100000  # data.source=addition: training problems
+    addition_val: int = 2000  # held-out problems (no problem, nor its commuted twin, in both)
+    addition_reverse: bool = False  # answers written least significant digit first
+    addition_seed: int = 0  # which problems go to which split, and their order
 
 
 @dataclass
@@ -311,6 +315,20 @@ class Config:
             f"'{t.device}' is not auto, cpu, cuda or cuda:N",
         )
         _require(bool(t.name) and "/" not in t.name, "train.name", "must be a plain directory name")
+        d = self.data
+        if d.source == "addition":
+            _require(
+                m.vocab_size >= 13,
+                "model.vocab_size",
+                f"data.source=addition has 13 characters; {m.vocab_size} is too few (use 16)",
+            )
+            _require(d.addition_train >= 1, "data.addition_train", "must be at least 1")
+            _require(d.addition_val >= 1, "data.addition_val", "must be at least 1")
+            _require(
+                d.addition_train + d.addition_val <= 999_000,
+                "data.addition_train",
+                "train + val problems must be <= 999000 (disjoint splits of 10^6 problems)",
+            )
 
     # ---- derived values -----------------------------------------------------------------
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from symbreak.config import DataConfig
+from symbreak.data.addition import AdditionSpec, cached_addition
 from symbreak.data.corpus import META_FILE, cached_shakespeare
 from symbreak.data.shards import read_shard
 from symbreak.errors import DataError
@@ -231,6 +233,13 @@ def val_batches(
     return [_xy(chunk) for chunk in w.split(micro_batch_size)]
 
 
+def addition_spec(data: DataConfig) -> AdditionSpec:
+    """The ``data.addition_*`` keys as the generator's :class:`AdditionSpec`."""
+    return AdditionSpec(
+        data.addition_train, data.addition_val, data.addition_reverse, data.addition_seed
+    )
+
+
 @dataclass
 class DataBundle:
     """Both splits of a data source, ready for sampling."""
@@ -246,14 +255,19 @@ def load_data(
     block_size: int,
     vocab_size: int,
     cache_dir: Path | None = None,
+    addition: AdditionSpec | None = None,
 ) -> DataBundle:
-    """Open a data source: "shakespeare" (prepared once into the cache) or a shard directory.
+    """Open a data source: "shakespeare" (prepared once into the cache), "addition" (generated
+    once into the cache as ``addition`` describes; default: :class:`DataConfig`'s defaults, see
+    :func:`addition_spec`) or a shard directory.
 
     Every token is checked to be < vocab_size. ``meta`` is the directory's meta.json, or {} for
     shards made elsewhere (e.g. by llm.c).
     """
     if source == "shakespeare":
         directory = cached_shakespeare(cache_dir)
+    elif source == "addition":
+        directory = cached_addition(addition or addition_spec(DataConfig()), cache_dir)
     else:
         directory = Path(source).expanduser()
     train_paths, val_paths = find_shards(directory)
@@ -269,6 +283,6 @@ def load_data(
     return DataBundle(
         train=TokenWindows(train_paths, block_size, vocab_size, name="train"),
         val=TokenWindows(val_paths, block_size, vocab_size, name="val"),
-        source=str(source if source == "shakespeare" else directory),
+        source=str(source if source in ("shakespeare", "addition") else directory),
         meta=meta,
     )

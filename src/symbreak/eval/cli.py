@@ -129,6 +129,21 @@ def register(subparsers: Any) -> None:
         metavar="FILE.json",
         help="where to write the JSON (default: RUN_DIR/eval/<checkpoint>.json)",
     )
+    p.add_argument(
+        "--task",
+        choices=("puzzles", "addition"),
+        default="puzzles",
+        help="puzzles (default: the suite and --puzzles files) or addition: exact-match and "
+        "per-digit accuracy of greedy answers to the run's held-out addition problems "
+        "(data.source=addition; JSON default RUN_DIR/eval/addition_<checkpoint>.json)",
+    )
+    p.add_argument(
+        "--problems",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="--task addition: score the first N validation problems (default: all)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser(
@@ -212,7 +227,7 @@ def _describe(run: Run) -> str:
 
 def _validation(run: Run) -> dict[str, Any]:
     """Validation loss on the run's own held-out batches, next to the recorded one."""
-    from symbreak.data import load_data, val_batches
+    from symbreak.data import addition_spec, load_data, val_batches
     from symbreak.eval.val_loss import evaluate_loss
 
     cfg = run.cfg
@@ -221,6 +236,7 @@ def _validation(run: Run) -> dict[str, Any]:
         cfg.model.block_size,
         cfg.model.vocab_size,
         cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+        addition=addition_spec(cfg.data),
     )
     micro = cfg.train.micro_batch_size or cfg.train.batch_size
     batches = val_batches(data.val, cfg.train.eval_tokens, micro)
@@ -286,7 +302,28 @@ def _check_items(items: list[Item], val: bool) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _eval_addition(args: argparse.Namespace) -> int:
+    from symbreak.eval.addition import evaluate_addition, format_addition
+
+    run = _load(args, args.run_dir)
+    print(_describe(run), flush=True)
+    result = evaluate_addition(run.model, run.cfg, args.problems, args.batch_size)
+    print(format_addition(result))
+    data = {
+        "symbreak_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        **_run_json(run),
+        **result,
+    }
+    out = args.out or args.run_dir / "eval" / f"addition_{run.checkpoint.name}.json"
+    report.write_json(out, data)
+    print(f"\nwrote {out}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.task == "addition":
+        return _eval_addition(args)
     items = collect_items(args)
     _check_items(items, args.val)
     run = _load(args, args.run_dir)

@@ -6,6 +6,7 @@ import math
 import tomllib
 
 import pytest
+import tomli_w
 import torch
 import torch.nn.functional as F
 
@@ -254,3 +255,37 @@ def test_puzzle_scoring_refuses_bidirectional_models() -> None:
     with pytest.raises(SymbreakError, match=r"model\.mask=bidirectional"):
         score_items(make("none", "bidirectional"), [item])
     assert score_items(make("none", "bidirectional"), []).results == []
+
+
+def test_a_run_written_before_the_new_keys_loads_unchanged(tmp_path) -> None:
+    """config.toml and state.json without model.mask/residual/rope_base: today's model."""
+    from symbreak.eval.runs import load_run
+    from symbreak.train.checkpoint import save_checkpoint
+
+    cfg = Config.load(None, ["model.n_layer=1", "model.n_head=2", "model.n_embd=16",
+                             "model.block_size=8", "model.vocab_size=61"])  # fmt: skip
+    tree = cfg.to_dict()
+    for key in ("mask", "residual", "rope_base"):
+        del tree["model"][key]
+    for key in ("addition_train", "addition_val", "addition_reverse", "addition_seed"):
+        del tree["data"][key]
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "config.toml").write_text(tomli_w.dumps(tree))
+    torch.manual_seed(0)
+    model = GPT(cfg.model, cfg.sb).eval()
+    save_checkpoint(run, 2, model, None, {"config": tree})
+    loaded = load_run(run)
+    assert (loaded.cfg.model.mask, loaded.cfg.model.residual) == ("causal", "both")
+    x = torch.randint(0, 61, (2, 8))
+    torch.testing.assert_close(loaded.model(x)[0], model(x)[0], rtol=0, atol=0)
+
+
+def test_positional_bench_reports_every_encoding() -> None:
+    from symbreak.bench.positional import bench_positional, format_table
+
+    r = bench_positional(["model.n_layer=1", "model.n_head=2", "model.n_embd=16",
+                          "model.block_size=16", "model.vocab_size=61", "train.batch_size=2",
+                          "train.dtype=fp32"], steps=1, warmup=0)  # fmt: skip
+    assert set(r["ratio_to_none"]) == {"learned", "sinusoidal", "rope", "alibi", "none"}
+    assert r["ratio_to_none"]["none"] == 1.0 and "alibi" in format_table(r)

@@ -145,3 +145,22 @@ def test_eval_cli_on_an_addition_run(tmp_path: Path, capsys) -> None:
         "units", "tens", "hundreds", "thousands"}  # fmt: skip
     assert main(["eval", str(run), "--task", "addition", "--problems", "31"]) == 2
     assert "more than the run's 30" in capsys.readouterr().err
+
+
+def test_training_on_addition_with_the_new_switches(tmp_path: Path) -> None:
+    """The trainer end to end: addition data, bidirectional mask, RoPE, no MLP residual."""
+    import math
+
+    from symbreak.train.trainer import train
+
+    cfg = Config.load(None, ["data.source=addition", "data.addition_train=400",
+                             "data.addition_val=100", f"data.cache_dir={tmp_path / 'c'}",
+                             "model.vocab_size=16", "model.block_size=26", "model.n_layer=1",
+                             "model.n_head=2", "model.n_embd=16", "model.pos_encoding=rope",
+                             "model.mask=bidirectional", "model.residual=attn", "sb.q=true",
+                             "train.max_steps=3", "train.batch_size=4", "train.eval_tokens=260",
+                             "train.progress=false", f"train.out_dir={tmp_path}",
+                             "train.name=r", "optim.lr=1e-2"])  # fmt: skip
+    summary = train(cfg)
+    assert summary.steps == 3 and math.isfinite(summary.final_val_loss)
+    assert summary.final_val_loss < summary.initial_val_loss + 0.5

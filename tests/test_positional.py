@@ -289,3 +289,17 @@ def test_positional_bench_reports_every_encoding() -> None:
                           "train.dtype=fp32"], steps=1, warmup=0)  # fmt: skip
     assert set(r["ratio_to_none"]) == {"learned", "sinusoidal", "rope", "alibi", "none"}
     assert r["ratio_to_none"]["none"] == 1.0 and "alibi" in format_table(r)
+
+
+def test_with_rope_bk_is_rotated_and_no_longer_cancels() -> None:
+    """bK before the rotation: an ordinary k bias of a RoPE model (documented), unlike NoPE."""
+
+    def logits(pe: str, k: bool) -> torch.Tensor:
+        cfg = ModelConfig(pos_encoding=pe, n_layer=1, n_head=2, n_embd=16, block_size=12,
+                          vocab_size=V)  # fmt: skip
+        torch.manual_seed(0)
+        model = GPT(cfg, SBConfig(seed=3, q=True, k=k)).double().eval()
+        return model(torch.arange(T)[None] % V)[0]
+
+    torch.testing.assert_close(logits("none", True), logits("none", False), rtol=0, atol=1e-12)
+    assert (logits("rope", True) - logits("rope", False)).abs().max() > 1e-6

@@ -219,6 +219,7 @@ def cmd_permutation(args: argparse.Namespace) -> int:
                 "n_layer": m.n_layer,
                 "residual": m.residual,
                 **res.to_json(),
+                "model": src.cfg.to_dict()["model"],
             }
         )
         if not args.grid:
@@ -283,7 +284,10 @@ def cmd_position(args: argparse.Namespace) -> int:
             "probe": "position",
             "text": args.text,
             "seed": args.seed,
-            "runs": [p.to_json() for p in probes],
+            "runs": [
+                {**p.to_json(), "model": src.cfg.to_dict()["model"]}
+                for p, src in zip(probes, sources, strict=True)
+            ],
         },
     )
     if not args.no_plot:

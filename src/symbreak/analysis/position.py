@@ -249,6 +249,7 @@ def plot_probes(probes: list[PositionProbe], r2_png: str, sim_png: str) -> None:
         ax.plot(layers, [r.r2 for r in p.layers], "o-", color=color, label=p.label)
         ax.plot(layers, [r.r2_random_init for r in p.layers], "--", color=color, alpha=0.7)
         ax.plot(layers, [r.r2_shuffled for r in p.layers], ":", color=color, alpha=0.7)
+    ax.set_xticks(range(max(len(p.layers) for p in probes)))
     ax.set_xlabel("layer (0 = embedding output)")
     ax.set_ylabel("position probe R^2 (held-out text)")
     ax.set_title("solid: model, dashed: random init, dotted: shuffled labels", fontsize=9)

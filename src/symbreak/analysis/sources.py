@@ -46,7 +46,8 @@ def build_model(cfg: Config, seed: int) -> GPT:
 def init_model(overrides: list[str]) -> ModelSource:
     """A freshly initialised model of the config ``overrides`` describe (seed: train.seed)."""
     cfg = Config.load(None, overrides)
-    label = "init:" + (" ".join(overrides) if overrides else "defaults")
+    m = cfg.model
+    label = f"init {m.pos_encoding}/{m.mask}/res-{m.residual} L{m.n_layer}"
     return ModelSource(label, cfg, build_model(cfg, cfg.train.seed))
 
 

@@ -32,7 +32,9 @@ position, which is exactly what the positional study must not confound. (2) Befo
 rotation the mean bias is an ordinary q bias of the projection (``c_Q + <bQ>``), so a trained
 model still folds into a standard RoPE transformer with qkv biases (the Qwen2 layout). The
 symmetry is still broken: the rotations that commute with every ``R(i)`` (a 2-D rotation per
-frequency pair) move ``bQ`` unless it is zero.
+frequency pair) move ``bQ`` unless it is zero. One consequence for the bK ablation: rotated with
+its position, bK no longer cancels, since ``q.R(j - i) bK`` now varies with the key position j
+(it is an ordinary k bias of a RoPE model); without RoPE it cancels exactly, as above.
 
 Causal masks and bidirectional attention, with or without RoPE, keep the fused kernel
 (``is_causal`` or no mask). ALiBi needs an explicit additive ``(n_head, T, T)`` bias, which

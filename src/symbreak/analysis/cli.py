@@ -82,7 +82,7 @@ def register(subparsers: Any) -> None:
         type=_int_list,
         default=None,
         metavar="N,N,...",
-        help="sequence lengths n (default: 4, 8, ..., up to model.block_size)",
+        help="sequence lengths n (default: 4, 8, 16, ... and model.block_size)",
     )
     p.add_argument(
         "--sequences",
@@ -197,7 +197,7 @@ def cmd_permutation(args: argparse.Namespace) -> int:
     rows, out = [], []
     for src in sources:
         T = src.cfg.model.block_size
-        lengths = args.lengths or sorted({*range(4, T + 1, 4), T} - {1, 2})
+        lengths = args.lengths or sorted({2**k for k in range(2, T.bit_length())} | {T})
         if max(lengths) > T:
             raise SymbreakError(
                 f"--lengths asks for n={max(lengths)} but {src.label} has sequences of at most "

@@ -145,6 +145,10 @@ def test_eval_cli_on_an_addition_run(tmp_path: Path, capsys) -> None:
         "units", "tens", "hundreds", "thousands"}  # fmt: skip
     assert main(["eval", str(run), "--task", "addition", "--problems", "31"]) == 2
     assert "more than the run's 30" in capsys.readouterr().err
+    for argv in (["eval", str(run)], ["sample", str(run), "--prompt", "12+"]):
+        assert main(argv) == 2
+        assert "--task addition" in capsys.readouterr().err
+    assert main(["eval", str(run), "--suite", "none", "--val"]) == 0  # val loss works
 
 
 def test_training_on_addition_with_the_new_switches(tmp_path: Path) -> None:

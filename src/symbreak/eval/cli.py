@@ -217,6 +217,15 @@ def _load(args: argparse.Namespace, run_dir: Path) -> Run:
     return load_run(run_dir, args.checkpoint, args.sb_eval, resolve_device(args.device))
 
 
+def _require_gpt2_vocabulary(run: Run) -> None:
+    """Puzzles and prompts are GPT-2 BPE text; a character-level addition run cannot read them."""
+    if run.cfg.data.source == "addition":
+        raise SymbreakError(
+            f"{run.run_dir} was trained on data.source=addition (13 characters), not GPT-2 "
+            "tokens: use `symbreak eval RUN_DIR --task addition`"
+        )
+
+
 def _describe(run: Run) -> str:
     c = run.cfg.model
     return (
@@ -327,6 +336,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     items = collect_items(args)
     _check_items(items, args.val)
     run = _load(args, args.run_dir)
+    if items:  # --suite none --val alone works for any run
+        _require_gpt2_vocabulary(run)
     print(_describe(run), flush=True)
     data: dict[str, Any] = {
         "symbreak_version": __version__,
@@ -383,6 +394,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     runs_json, results, summaries = [], [], []
     for name, run_dir in zip(names, args.run_dirs, strict=True):
         run = _load(args, run_dir)
+        _require_gpt2_vocabulary(run)
         print(_describe(run), flush=True)
         entry = {"name": name, **_run_json(run), "validation": None}
         if args.val:
@@ -420,6 +432,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from symbreak.eval.sample import generate
 
     run = _load(args, args.run_dir)
+    _require_gpt2_vocabulary(run)
     print(_describe(run), file=sys.stderr, flush=True)
     sample = generate(
         run.model,

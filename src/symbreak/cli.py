@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from symbreak.analysis.cli import register as register_analyze
     from symbreak.analysis.noether_plot import register as register_noether
+    from symbreak.analysis.probe_cli import register as register_probe
     from symbreak.bench.cli import register as register_bench
     from symbreak.eval.cli import register as register_eval
     from symbreak.experiments.cli import register as register_experiments
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_experiments(sub)
     register_noether(sub)
     register_analyze(sub)
+    register_probe(sub)
     return parser
 
 

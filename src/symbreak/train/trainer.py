@@ -38,7 +38,13 @@ from symbreak.analysis.noether_log import FILENAME as NOETHER_CSV
 from symbreak.analysis.noether_log import NoetherLog
 from symbreak.atomic import write_text_atomic
 from symbreak.config import Config
-from symbreak.data import TrainBatches, load_data, val_batches, val_window_indices
+from symbreak.data import (
+    TrainBatches,
+    addition_spec,
+    load_data,
+    val_batches,
+    val_window_indices,
+)
 from symbreak.device import autocast, resolve_dtype
 from symbreak.errors import CheckpointError, ConfigError, TrainingError
 from symbreak.eval.val_loss import loss_sums
@@ -305,6 +311,7 @@ class Trainer:
             cfg.model.block_size,
             cfg.model.vocab_size,
             cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+            addition=addition_spec(cfg.data),
         )
         model = GPT(cfg.model, cfg.sb).to(self.device)
         optimizer = build_optimizer(model, cfg.optim, seed=t.seed)

@@ -82,7 +82,7 @@ def test_keys_present_and_finite(result: dict) -> None:
     for key in TIMED:
         assert math.isfinite(result["symmetric"][key]) and result["symmetric"][key] > 0, key
     assert result["step_ms_min"] <= result["step_ms"] <= result["step_ms_max"]
-    for key in ("compile_s", "cuda_max_memory_allocated_bytes"):
+    for key in ("compile_s", "cuda_max_memory_allocated_bytes", "noether"):
         assert key in result and result[key] is None
     assert result["symmetric"]["compile_s"] is None
     auto = "bf16" if cpu_has_native_bf16() else "fp32"  # train.dtype=auto's rule on this CPU
@@ -141,7 +141,8 @@ def test_cli_route(
     parser = argparse.ArgumentParser(prog="symbreak")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(
-        ["bench", "train", "--json", "--steps", "1", "--warmup", "0", *overrides, "sb.v=false"]
+        ["bench", "train", "--json", "--steps", "1", "--warmup", "0", *overrides, "sb.v=false",
+         "train.log_noether=true", "train.log_every=5"]
     )
     assert (args.steps, args.warmup, args.dtype, args.compile) == (1, 0, None, False)
     assert args.func(args) == 0
@@ -149,6 +150,10 @@ def test_cli_route(
     assert out["sb"] == {"q": True, "k": False, "v": False, "mode": "batch"}
     assert out["steps"] == 1 and out["n_embd"] == 32 and out["profile"] is None
     assert math.isfinite(out["sb_overhead"])
+    n = out["noether"]  # the cost of train.log_noether, as a share of the same run's steps
+    assert n["log_every"] == 5 and n["ms"] > 0
+    assert n["overhead"] == n["ms"] / (5 * out["step_ms"])
+    assert n["overhead_every_step"] == n["ms"] / out["step_ms"]
 
 
 def test_bad_arguments_are_refused() -> None:

@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_prepare)
 
+    from symbreak.analysis.cli import register as register_analyze
+    from symbreak.analysis.noether_plot import register as register_noether
+    from symbreak.analysis.probe_cli import register as register_probe
     from symbreak.bench.cli import register as register_bench
     from symbreak.eval.cli import register as register_eval
     from symbreak.experiments.cli import register as register_experiments
@@ -136,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     register_eval(sub)
     register_bench(sub)
     register_experiments(sub)
+    register_noether(sub)
+    register_analyze(sub)
+    register_probe(sub)
     return parser
 
 

@@ -63,8 +63,13 @@ class ModelConfig:
     prelu_init_mean: float = 0.2  # paper: negative slopes ~ N(0.2, 1.0), one per hidden feature
     prelu_init_std: float = 1.0
     bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2
-    pos_encoding: str = _choices("learned", "none", default="learned")
+    pos_encoding: str = _choices(
+        "learned", "sinusoidal", "rope", "alibi", "none", default="learned"
+    )  # see model/positional.py
     dropout: float = 0.0
+    mask: str = _choices("causal", "bidirectional", default="causal")
+    residual: str = _choices("both", "attn", "mlp", "none", default="both")  # kept residuals
+    rope_base: float = 10000.0  # RoPE: theta_i = rope_base^(-2i / d_head)
 
 
 @dataclass
@@ -119,6 +124,10 @@ class DataConfig:
 
     source: str = "shakespeare"
     cache_dir: str = ""  # "": $SYMBREAK_CACHE or ~/.cache/symbreak
+    addition_train: int = 100000  # data.source=addition: training problems
+    addition_val: int = 2000  # held-out problems (no problem, nor its commuted twin, in both)
+    addition_reverse: bool = False  # answers written least significant digit first
+    addition_seed: int = 0  # which problems go to which split, and their order
 
 
 @dataclass
@@ -146,6 +155,7 @@ class TrainConfig:
     tensorboard: bool = False
     wandb: bool = False
     threads: int = 0  # torch CPU threads per process; 0: torch's default
+    log_noether: bool = False  # noether.csv: attention rotation charges at every log step
 
 
 SECTIONS: dict[str, type] = {
@@ -267,6 +277,14 @@ class Config:
         )
         _require(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
         _require(m.prelu_init_std >= 0, "model.prelu_init_std", "must be >= 0")
+        d_head = m.n_embd // m.n_head
+        _require(
+            m.pos_encoding != "rope" or d_head % 2 == 0,
+            "model.pos_encoding",
+            f"rope rotates pairs of dimensions but the head dimension n_embd/n_head = "
+            f"{m.n_embd}/{m.n_head} = {d_head} is odd",
+        )
+        _require(m.rope_base > 1, "model.rope_base", "must be > 1")
         for kind in ("q", "k", "v"):
             std = getattr(sb, f"{kind}_std")
             if isinstance(std, list):
@@ -328,6 +346,20 @@ class Config:
             f"'{t.device}' is not auto, cpu, cuda or cuda:N",
         )
         _require(bool(t.name) and "/" not in t.name, "train.name", "must be a plain directory name")
+        d = self.data
+        if d.source == "addition":
+            _require(
+                m.vocab_size >= 13,
+                "model.vocab_size",
+                f"data.source=addition has 13 characters; {m.vocab_size} is too few (use 16)",
+            )
+            _require(d.addition_train >= 1, "data.addition_train", "must be at least 1")
+            _require(d.addition_val >= 1, "data.addition_val", "must be at least 1")
+            _require(
+                d.addition_train + d.addition_val <= 999_000,
+                "data.addition_train",
+                "train + val problems must be <= 999000 (disjoint splits of 10^6 problems)",
+            )
 
     # ---- derived values -----------------------------------------------------------------
 

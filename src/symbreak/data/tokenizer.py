@@ -169,8 +169,38 @@ class CharTokenizer:
         }
 
 
+class TableTokenizer:
+    """A fixed character table without an end-of-text id: id i is ``chars[i]`` (the addition
+    task's ``0123456789+=\\n``)."""
+
+    name = "chars"
+    eot_id = None
+
+    def __init__(self, chars: str) -> None:
+        self.chars = chars
+        self._ids = {c: i for i, c in enumerate(chars)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self._ids[c] for c in text]
+        except KeyError as e:
+            raise DataError(f"character {e.args[0]!r} is not in this run's vocabulary") from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        return "".join(self.chars[i] if 0 <= i < len(self.chars) else "" for i in map(int, ids))
+
+    def meta(self) -> dict:
+        return {"tokenizer": self.name, "vocab_size": self.vocab_size, "chars": self.chars}
+
+
 TOKENIZERS = ("gpt2", "char")
-Tokenizer = GPT2Tokenizer | CharTokenizer
+Tokenizer = GPT2Tokenizer | CharTokenizer | TableTokenizer
 
 
 def tokenizer_from_meta(meta: dict) -> Tokenizer:
@@ -183,4 +213,9 @@ def tokenizer_from_meta(meta: dict) -> Tokenizer:
         if not isinstance(vocab, str) or not vocab:
             raise DataError("meta.json says tokenizer 'char' but holds no 'vocab' string")
         return CharTokenizer(vocab)
+    if name == "chars":  # a fixed table, id i = chars[i] (data.source=addition)
+        chars = meta.get("chars")
+        if not isinstance(chars, str) or not chars:
+            raise DataError("meta.json says tokenizer 'chars' but holds no 'chars' string")
+        return TableTokenizer(chars)
     raise DataError(f"meta.json names an unknown tokenizer {name!r} (known: gpt2, char)")

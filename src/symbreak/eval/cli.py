@@ -128,6 +128,21 @@ def register(subparsers: Any) -> None:
         help="where to write the JSON (default: RUN_DIR/eval/<checkpoint>.json); an existing "
         "directory: the JSON goes inside it as <checkpoint>.json",
     )
+    p.add_argument(
+        "--task",
+        choices=("puzzles", "addition"),
+        default="puzzles",
+        help="puzzles (default: the suite and --puzzles files) or addition: exact-match and "
+        "per-digit accuracy of greedy answers to the run's held-out addition problems "
+        "(data.source=addition; JSON default RUN_DIR/eval/addition_<checkpoint>.json)",
+    )
+    p.add_argument(
+        "--problems",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="--task addition: score the first N validation problems (default: all)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser(
@@ -208,6 +223,15 @@ def _load(args: argparse.Namespace, run_dir: Path) -> Run:
     return load_run(run_dir, args.checkpoint, args.sb_eval, resolve_device(args.device))
 
 
+def _require_gpt2_vocabulary(run: Run) -> None:
+    """Puzzles and prompts are GPT-2 BPE text; a character-level addition run cannot read them."""
+    if run.cfg.data.source == "addition":
+        raise SymbreakError(
+            f"{run.run_dir} was trained on data.source=addition (13 characters), not GPT-2 "
+            "tokens: use `symbreak eval RUN_DIR --task addition`"
+        )
+
+
 def _describe(run: Run) -> str:
     c = run.cfg.model
     return (
@@ -218,7 +242,7 @@ def _describe(run: Run) -> str:
 
 def _validation(run: Run) -> dict[str, Any]:
     """Validation loss on the run's own held-out batches, next to the recorded one."""
-    from symbreak.data import load_data, val_batches
+    from symbreak.data import addition_spec, load_data, val_batches
     from symbreak.eval.val_loss import evaluate_loss
 
     cfg = run.cfg
@@ -227,6 +251,7 @@ def _validation(run: Run) -> dict[str, Any]:
         cfg.model.block_size,
         cfg.model.vocab_size,
         cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+        addition=addition_spec(cfg.data),
     )
     micro = cfg.train.micro_batch_size or cfg.train.batch_size
     batches = val_batches(data.val, cfg.train.eval_tokens, micro, how=cfg.train.eval_windows)
@@ -293,12 +318,35 @@ def _check_items(items: list[Item], val: bool) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _eval_addition(args: argparse.Namespace) -> int:
+    from symbreak.eval.addition import evaluate_addition, format_addition
+
+    run = _load(args, args.run_dir)
+    print(_describe(run), flush=True)
+    result = evaluate_addition(run.model, run.cfg, args.problems, args.batch_size)
+    print(format_addition(result))
+    data = {
+        "symbreak_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        **_run_json(run),
+        **result,
+    }
+    out = args.out or args.run_dir / "eval" / f"addition_{run.checkpoint.name}.json"
+    report.write_json(out, data)
+    print(f"\nwrote {out}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.task == "addition":
+        return _eval_addition(args)
     items = collect_items(args)
     _check_items(items, args.val)
     if args.out is not None:
         output_file(args.out, "eval.json", "--out")  # refused now, not after the scoring
     run = _load(args, args.run_dir)
+    if items:  # --suite none --val alone works for any run
+        _require_gpt2_vocabulary(run)
     print(_describe(run), flush=True)
     data: dict[str, Any] = {
         "symbreak_version": __version__,
@@ -378,6 +426,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     runs_json, results, summaries = [], [], []
     for name, run_dir in zip(names, args.run_dirs, strict=True):
         run = _load(args, run_dir)
+        _require_gpt2_vocabulary(run)
         print(_describe(run), flush=True)
         entry = {"name": name, **_run_json(run), "validation": None}
         if args.val:
@@ -413,6 +462,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from symbreak.eval.sample import generate
 
     run = _load(args, args.run_dir)
+    _require_gpt2_vocabulary(run)
     print(_describe(run), file=sys.stderr, flush=True)
     sample = generate(
         run.model,

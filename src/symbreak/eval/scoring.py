@@ -61,7 +61,7 @@ import torch
 from torch import nn
 
 from symbreak.data import EOT_ID, GPT2_VOCAB_SIZE, encode
-from symbreak.errors import DataError
+from symbreak.errors import DataError, SymbreakError
 from symbreak.eval.puzzles import Item
 from symbreak.model import GPT
 from symbreak.seeding import keyed_seed
@@ -308,6 +308,13 @@ def score_items(
     """
     if batch_size < 1:
         raise DataError(f"--batch-size must be at least 1, got {batch_size}")
+    if items and getattr(getattr(model, "cfg", None), "mask", "causal") != "causal":
+        # Teacher-forced scoring reads every answer position from one padded forward: with
+        # bidirectional attention each would see its own target and the padding.
+        raise SymbreakError(
+            "puzzle scoring needs a causal model (model.mask=causal); this run uses "
+            "model.mask=bidirectional (use --suite none --val for its validation loss)"
+        )
     if block_size is None:
         block_size = model.cfg.block_size  # type: ignore[union-attr]
     device = torch.device(device)

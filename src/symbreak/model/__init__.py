@@ -1,6 +1,6 @@
 """The symmetry-broken GPT: ``GPT(cfg.model, cfg.sb)``."""
 
-from symbreak.model.attention import CausalSelfAttention
+from symbreak.model.attention import CausalSelfAttention, SelfAttention
 from symbreak.model.bias import BiasSampler
 from symbreak.model.gpt import GPT, Block
 from symbreak.model.mlp import MLP, FeaturePReLU
@@ -12,4 +12,5 @@ __all__ = [
     "Block",
     "CausalSelfAttention",
     "FeaturePReLU",
+    "SelfAttention",
 ]

@@ -1,11 +1,15 @@
-"""Causal multi-head self-attention with the symmetry-breaking switches (one class, no variants).
+"""Multi-head self-attention with the symmetry-breaking and positional switches (one class).
 
 Per head h, with ``d = d_head``::
 
     q, k, v = x W_Q + c_Q, x W_K + c_K, x W_V + c_V      (c_*: the learned qkv bias of GPT-2)
     q <- q + bQ,   k <- k + bK,   v <- v + bV             (unlearned; see bias.py)
-    y   = softmax((q k^T) / sqrt(d) + causal mask) v
+    q <- R(i) q,   k <- R(j) k                            (model.pos_encoding=rope only)
+    y   = softmax((q k^T) / sqrt(d) + A + M) v
     out = concat_h(y) W_O + c_O
+
+``M`` is the mask (``model.mask``: causal, -inf for j > i; or bidirectional, 0) and ``A`` the
+ALiBi bias ``-m_h |i - j|`` (``model.pos_encoding=alibi`` only; see positional.py).
 
 Why each bias does what it does:
 
@@ -18,6 +22,24 @@ Why each bias does what it does:
 
 The biases are added to q and v *before* ``scaled_dot_product_attention``, so the fused kernel
 (flash / memory-efficient on GPU, flash on CPU) runs unchanged: symmetry breaking is free.
+
+**bQ and RoPE.** bQ (and bK) are added *before* the rotation, so the rotation acts on
+``q + bQ``: ``(R(i)(q + bQ)).(R(j) k) = (q + bQ).R(j - i) k``. Two reasons. (1) Scores keep
+RoPE's defining property of depending on positions only through ``i - j``; a bias added after
+the rotation would contribute ``bQ.R(j) k``, a term that depends on the *absolute* key
+position j - it would smuggle absolute position into a model meant to have only relative
+position, which is exactly what the positional study must not confound. (2) Before the
+rotation the mean bias is an ordinary q bias of the projection (``c_Q + <bQ>``), so a trained
+model still folds into a standard RoPE transformer with qkv biases (the Qwen2 layout). The
+symmetry is still broken: the rotations that commute with every ``R(i)`` (a 2-D rotation per
+frequency pair) move ``bQ`` unless it is zero. One consequence for the bK ablation: rotated with
+its position, bK no longer cancels, since ``q.R(j - i) bK`` now varies with the key position j
+(it is an ordinary k bias of a RoPE model); without RoPE it cancels exactly, as above.
+
+Causal masks and bidirectional attention, with or without RoPE, keep the fused kernel
+(``is_causal`` or no mask). ALiBi needs an explicit additive ``(n_head, T, T)`` bias, which
+rules out the flash kernel: SDPA then falls back to a slower path (measured in
+docs/performance.md).
 """
 
 from __future__ import annotations
@@ -28,9 +50,10 @@ from torch import nn
 
 from symbreak.config import ModelConfig, SBConfig
 from symbreak.model.bias import BiasSampler
+from symbreak.model.positional import alibi_bias, alibi_slopes, apply_rope, rope_angles
 
 
-class CausalSelfAttention(nn.Module):
+class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, sb: SBConfig, layer: int) -> None:
         super().__init__()
         assert cfg.n_embd % cfg.n_head == 0
@@ -39,7 +62,15 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # W_Q, W_K, W_V
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # W_O
         self.dropout = cfg.dropout
-        self.causal = True
+        self.causal = cfg.mask == "causal"
+        self.pos_encoding = cfg.pos_encoding
+        # Derived from the config, so non-persistent: checkpoints do not change.
+        if cfg.pos_encoding == "rope":
+            cos, sin = rope_angles(cfg.block_size, self.d_head, cfg.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        if cfg.pos_encoding == "alibi":
+            self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)
 
         def sampler(kind: str, mean: float, std: float | list[float]) -> BiasSampler:
             return BiasSampler(
@@ -58,6 +89,10 @@ class CausalSelfAttention(nn.Module):
         self.bias_q = sampler("q", sb.q_mean, sb.q_std) if sb.q else None
         self.bias_k = sampler("k", sb.k_mean, sb.k_std) if sb.k else None
         self.bias_v = sampler("v", sb.v_mean, sb.v_std) if sb.v else None
+        # A seam, not maths: the per-head keys (B, n_head, T, d_head) exactly as the kernel gets
+        # them (after c_K and bK) pass through this identity, so analysis can read them with a
+        # forward hook instead of re-deriving attention elsewhere. No parameters, no cost.
+        self.key = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -67,13 +102,29 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, self.d_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.d_head).transpose(1, 2)
         q = _add_bias(q, self.bias_q)
-        k = _add_bias(k, self.bias_k)
+        k = self.key(_add_bias(k, self.bias_k))
         v = _add_bias(v, self.bias_v)
+        if self.pos_encoding == "rope":  # after bQ/bK: see the module docstring
+            q = apply_rope(q, self.rope_cos, self.rope_sin)
+            k = apply_rope(k, self.rope_cos, self.rope_sin)
+        mask, causal = None, self.causal
+        if self.pos_encoding == "alibi":  # the bias carries the causal mask
+            mask, causal = alibi_bias(self.alibi_slopes, T, self.causal, q.dtype), False
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
+
+
+# The name from when attention was always causal, kept for existing callers (state-dict keys
+# never contain class names, so checkpoints load either way).
+CausalSelfAttention = SelfAttention
 
 
 def _add_bias(t: torch.Tensor, sampler: BiasSampler | None) -> torch.Tensor:

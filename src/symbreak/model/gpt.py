@@ -7,6 +7,20 @@ Reads top to bottom like the paper::
     h_l = h_l     + MLP_l(LN(h_l))                PReLU (per-feature slope) or GELU
     logits = LN_f(h_L) wte^T                      tied input/output embeddings
 
+The positional switches (``model.pos_encoding``, ``model.mask``; see positional.py) change
+where position enters: ``wpe`` is a learned table, a fixed sinusoidal one or absent; RoPE and
+ALiBi act inside attention. ``model.residual`` drops residual connections: with ``attn`` only
+the attention sub-layer keeps its ``h +``, with ``mlp`` only the MLP, with ``none`` neither
+(``h_l = Attn_l(LN(h_{l-1}))`` etc.).
+
+Training targets. Causal: every position t predicts ``x_{t+1}`` from ``x_0..x_t`` (its
+context never contains its target). Bidirectional: position t < T-1 attends to ``x_{t+1}``,
+its own target, so only the *last* position of each window is trained: its context, the
+whole window ``x_0..x_{T-1}``, excludes its target ``x_T``. The trunk runs once per window as
+in the causal case and the output layer only at that position (no (B, T, V) logits); the
+price is intrinsic to next-token prediction without a mask: one target per window instead of
+T (a target earlier in the window would need its own forward over a shorter prefix).
+
 Initialisation is nanoGPT's: weights ~ N(0, 0.02), biases 0, and the two residual output
 projections of each block (attention ``c_proj``, MLP ``c_proj``) ~ N(0, 0.02 / sqrt(2 L)) so the
 residual stream's variance does not grow with depth.
@@ -22,23 +36,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from symbreak.config import ModelConfig, SBConfig
-from symbreak.model.attention import CausalSelfAttention
+from symbreak.model.attention import SelfAttention
 from symbreak.model.bias import BiasSampler
 from symbreak.model.loss import linear_cross_entropy
 from symbreak.model.mlp import MLP
+from symbreak.model.positional import sinusoidal_table
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, sb: SBConfig, layer: int) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg, sb, layer)
+        self.attn = SelfAttention(cfg, sb, layer)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
+        self.res_attn = cfg.residual in ("both", "attn")
+        self.res_mlp = cfg.residual in ("both", "mlp")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        a = self.attn(self.ln_1(x))
+        x = x + a if self.res_attn else a
+        m = self.mlp(self.ln_2(x))
+        return x + m if self.res_mlp else m
 
 
 class GPT(nn.Module):
@@ -50,6 +69,10 @@ class GPT(nn.Module):
         self.wpe = (
             nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_encoding == "learned" else None
         )
+        if cfg.pos_encoding == "sinusoidal":  # fixed, so a non-persistent buffer
+            self.register_buffer(
+                "sinusoid", sinusoidal_table(cfg.block_size, cfg.n_embd), persistent=False
+            )
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, sb, layer) for layer in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
@@ -76,11 +99,15 @@ class GPT(nn.Module):
         """``idx``: (B, T) token ids.
 
         Without ``targets``: ``(logits (B, T, V), None)``. With ``targets`` (B, T):
-        ``(None, mean cross-entropy)``, computed by the fused path of ``loss.py``.
+        ``(None, mean cross-entropy)``, computed by the fused path of ``loss.py`` over the
+        positions :meth:`target_mask` selects (all of them for the causal mask, the last one for
+        the bidirectional mask: see the module docstring).
         """
         x = self.hidden(idx)
         if targets is None:
             return self.output(x), None
+        if self.cfg.mask == "bidirectional":
+            x, targets = x[:, -1:], targets[:, -1:]
         # Training and validation need only the loss: fused, chunked, no (B, T, V) logits.
         return None, linear_cross_entropy(x, self.wte.weight, targets)
 
@@ -92,10 +119,18 @@ class GPT(nn.Module):
         x = self.wte(idx)
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(T, device=idx.device))
+        elif self.cfg.pos_encoding == "sinusoidal":
+            x = x + self.sinusoid[:T].to(x.dtype)
         x = self.drop(x)
         for block in self.blocks:
             x = block(x)
         return self.ln_f(x)
+
+    def target_mask(self, T: int) -> torch.Tensor:
+        """(T,) bool: which positions of a length-T window the training loss uses."""
+        if self.cfg.mask == "causal":
+            return torch.ones(T, dtype=torch.bool)
+        return torch.arange(T) == T - 1
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
         """Logits ``h wte^T`` (tied embeddings) for hidden states ``h`` (..., C); scoring calls

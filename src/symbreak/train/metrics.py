@@ -21,12 +21,14 @@ class MetricsWriter:
         extra_columns: list[str] | tuple[str, ...] = (),
         resume_step: int | None = None,
         fresh: bool = False,
+        columns: list[str] | tuple[str, ...] = tuple(COLUMNS),
     ) -> None:
         """With ``resume_step``, rows logged after that step (by a run that died before its next
         checkpoint) are dropped first, so the file reads as if the run had never stopped. With
-        ``fresh``, an existing file (of an attempt that left no checkpoint) is replaced."""
+        ``fresh``, an existing file (of an attempt that left no checkpoint) is replaced.
+        ``columns`` (``step`` first) serves other per-step CSV files (``noether.csv``)."""
         self.path = Path(path)
-        self.columns = COLUMNS + [c for c in extra_columns if c not in COLUMNS]
+        self.columns = list(columns) + [c for c in extra_columns if c not in columns]
         if fresh:
             self.path.unlink(missing_ok=True)
         elif resume_step is not None and self.path.exists():

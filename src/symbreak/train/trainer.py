@@ -34,9 +34,17 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from symbreak.analysis.noether_log import FILENAME as NOETHER_CSV
+from symbreak.analysis.noether_log import NoetherLog
 from symbreak.atomic import write_text_atomic
 from symbreak.config import Config
-from symbreak.data import TrainBatches, load_data, val_batches, val_window_indices
+from symbreak.data import (
+    TrainBatches,
+    addition_spec,
+    load_data,
+    val_batches,
+    val_window_indices,
+)
 from symbreak.device import autocast, resolve_dtype
 from symbreak.errors import CheckpointError, ConfigError, TrainingError
 from symbreak.eval.val_loss import loss_sums
@@ -63,7 +71,7 @@ IDENTITY_KEYS = ("model", "sb", "optim.name", "data.source", "train.seed", "trai
 # Files a training attempt writes into its run directory besides checkpoints/. A fresh start
 # (no checkpoint to resume from) removes those a failed earlier attempt left behind, so nothing
 # of that attempt (metrics.csv rows, TensorBoard events, the W&B run id) mixes into this one.
-ATTEMPT_FILES = ("metrics.csv", "config.toml", "tensorboard", "wandb_id.json")
+ATTEMPT_FILES = ("metrics.csv", "noether.csv", "config.toml", "tensorboard", "wandb_id.json")
 
 
 @dataclass
@@ -303,6 +311,7 @@ class Trainer:
             cfg.model.block_size,
             cfg.model.vocab_size,
             cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+            addition=addition_spec(cfg.data),
         )
         model = GPT(cfg.model, cfg.sb).to(self.device)
         optimizer = build_optimizer(model, cfg.optim, seed=t.seed)
@@ -378,6 +387,16 @@ class Trainer:
                 fresh=resumed is None,
             )
             if main
+            else None
+        )
+        noether = (
+            NoetherLog(
+                self.run_dir / NOETHER_CSV,
+                model,
+                optimizer,
+                resume_step=state["step"] if resumed else None,
+            )
+            if main and t.log_noether
             else None
         )
 
@@ -501,8 +520,9 @@ class Trainer:
                     )
                     if metrics:
                         metrics.write(**row)
+                    scalars = noether.log(done) if noether else {}
                     for lg in loggers:
-                        lg.log(done, row)
+                        lg.log(done, {**row, **scalars})
                     bar.set_postfix(
                         loss=f"{state['last_train_loss']:.3f}",
                         val=f"{state['val_loss']:.3f}",
@@ -524,6 +544,8 @@ class Trainer:
             bar.close()
             if metrics:
                 metrics.close()
+            if noether:
+                noether.close()
             for lg in loggers:
                 lg.close()
         model.unpin_biases()

@@ -1,0 +1,191 @@
+"""``symbreak noether RUN... --out FILE.png``: the runs' Noether charges against step, overlaid.
+
+One panel per (layer, sector); in each, one colour per run: the median over the layer's heads
+(solid) and the maximum (dashed) of ``charge`` (``|L|_F``) or, with ``--quantity relative``,
+``|L|_F / (|W|_F |P|_F)``, on a log scale. Zeros cannot be drawn on a log scale and are left
+out (an exactly conserved charge that started at 0 shows as no line). The rows come from each
+run's ``noether.csv`` (``train.log_noether=true``; see :mod:`symbreak.analysis.noether`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from symbreak.analysis.noether_log import FILENAME
+from symbreak.atomic import fsync_dir
+from symbreak.errors import SymbreakError
+
+SECTOR_NAMES = {"qk": "Q-K", "vo": "V-O"}
+QUANTITIES = ("charge", "relative")
+
+
+@dataclass
+class RunCharges:
+    """One run's charges: ``values[step, layer, head, sector]`` of one quantity."""
+
+    name: str
+    label: str
+    steps: np.ndarray
+    values: np.ndarray  # (n_steps, n_layer, n_head, 2)
+
+
+def load_run(run_dir: Path, quantity: str = "charge") -> RunCharges:
+    """Read ``RUN/noether.csv``; a one-line :class:`SymbreakError` if it is missing or empty."""
+    path = Path(run_dir) / FILENAME
+    if not Path(run_dir).is_dir():
+        raise SymbreakError(f"{run_dir} is not a run directory")
+    if not path.is_file():
+        raise SymbreakError(f"{run_dir} has no {FILENAME}: train it with train.log_noether=true")
+    import csv
+
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("relative") not in (None, "")]
+    if not rows:
+        raise SymbreakError(f"{path} has no rows yet (charges are written at log steps)")
+    try:
+        steps = sorted({int(r["step"]) for r in rows})
+        n_layer = 1 + max(int(r["layer"]) for r in rows)
+        n_head = 1 + max(int(r["head"]) for r in rows)
+        index = {s: i for i, s in enumerate(steps)}
+        values = np.full((len(steps), n_layer, n_head, 2), np.nan)
+        sectors = list(SECTOR_NAMES)
+        for r in rows:
+            values[
+                index[int(r["step"])], int(r["layer"]), int(r["head"]), sectors.index(r["sector"])
+            ] = float(r[quantity])
+    except (KeyError, ValueError) as e:
+        raise SymbreakError(f"{path} is not a noether.csv written by symbreak ({e})") from None
+    return RunCharges(Path(run_dir).name, _label(Path(run_dir)), np.array(steps), values)
+
+
+def _label(run_dir: Path) -> str:
+    """``name (optimizer, biases)`` from the run's config.toml, when it has one."""
+    try:
+        cfg = tomllib.loads((run_dir / "config.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return run_dir.name
+    opt = cfg.get("optim", {}).get("name", "?")
+    sb = cfg.get("sb", {})
+    biases = "+".join("b" + k.upper() for k in ("q", "k", "v") if sb.get(k)) or "symmetric"
+    note = ", exp_avg: not conserved" if opt == "adamw" else ""
+    return f"{run_dir.name} ({opt}, {biases}{note})"
+
+
+def plot(runs: list[RunCharges], out: Path, quantity: str = "charge") -> None:
+    """Draw the panels and write ``out`` atomically (format from its suffix). Agg, no pyplot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    n_layer = max(r.values.shape[1] for r in runs)
+    fig = Figure(figsize=(10, 1.2 + 2.2 * n_layer), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n_layer, 2, sharex=True, squeeze=False)
+    colours = [f"C{i % 10}" for i in range(len(runs))]
+    for run, colour in zip(runs, colours, strict=True):
+        v = np.where(run.values > 0, run.values, np.nan)  # log scale: zeros left out
+        with np.errstate(all="ignore"), _quiet_nan_warnings():
+            med = np.nanmedian(v, axis=2)  # (steps, layer, sector)
+            top = np.nanmax(v, axis=2)
+        for layer in range(run.values.shape[1]):
+            for s in range(2):
+                ax = axes[layer, s]
+                ax.plot(run.steps, med[:, layer, s], color=colour, lw=1.4)
+                ax.plot(run.steps, top[:, layer, s], color=colour, lw=0.9, ls="--")
+    for layer in range(n_layer):
+        for s, sector in enumerate(SECTOR_NAMES.values()):
+            ax = axes[layer, s]
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3, which="both")
+            ax.set_title(f"layer {layer}, {sector}", fontsize="small")
+            if s == 0:
+                ax.set_ylabel("|L|_F" if quantity == "charge" else "|L| / (|W| |P|)")
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
+    handles = [Line2D([], [], color=c, lw=1.4) for c in colours]
+    handles += [Line2D([], [], color="k", lw=1.4), Line2D([], [], color="k", lw=0.9, ls="--")]
+    labels = [r.label for r in runs] + ["median over heads", "max over heads"]
+    fig.legend(handles, labels, loc="outside upper center", ncols=2, fontsize="small")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
+    try:
+        fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".").lower() or "png")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(out.parent)
+
+
+class _quiet_nan_warnings:
+    """nanmedian/nanmax warn on all-NaN slices (a sector whose charges are all 0)."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self._cm = warnings.catch_warnings()
+        self._cm.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc: object) -> None:
+        self._cm.__exit__(*exc)
+
+
+def summary_lines(runs: list[RunCharges]) -> list[str]:
+    """Last logged step per run: median and max over layers and heads, per sector."""
+    out = []
+    for r in runs:
+        last = r.values[-1]
+        parts = [
+            f"{SECTOR_NAMES[s]} median {np.nanmedian(last[..., i]):.3g} max "
+            f"{np.nanmax(last[..., i]):.3g}"
+            for i, s in enumerate(SECTOR_NAMES)
+        ]
+        out.append(f"{r.label} at step {int(r.steps[-1])}: " + "; ".join(parts))
+    return out
+
+
+def cmd_noether(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("matplotlib") is None:
+        raise SymbreakError(
+            "symbreak noether draws with matplotlib, which is not installed: "
+            "pip install 'symbreak[plot]'"
+        )
+    supported = {"png", "pdf", "svg"}
+    if args.out.suffix.lstrip(".").lower() not in supported:
+        raise SymbreakError(f"--out {args.out}: the file must end in .png, .pdf or .svg")
+    runs = [load_run(d, args.quantity) for d in args.run_dirs]
+    plot(runs, args.out, args.quantity)
+    print("\n".join(summary_lines(runs)))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``noether`` to an ``add_subparsers()`` object."""
+    p = subparsers.add_parser(
+        "noether",
+        help="plot runs' Noether charges (train.log_noether) against step",
+        description="Plot the attention rotation charges of one or more runs (their "
+        "noether.csv, written with train.log_noether=true) against step, overlaid: one panel "
+        "per layer and sector (Q-K, V-O), median (solid) and max (dashed) over heads, log "
+        "scale.",
+    )
+    p.add_argument("run_dirs", metavar="RUN", type=Path, nargs="+", help="run directories")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.png", help="the figure")
+    p.add_argument(
+        "--quantity",
+        choices=QUANTITIES,
+        default="charge",
+        help="charge = |L|_F (default) or relative = |L|_F / (|W|_F |P|_F)",
+    )
+    p.set_defaults(func=cmd_noether)

@@ -1,0 +1,79 @@
+"""Write an analysis: ``analysis.json``, the PNG figures and ``report.html``, atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from symbreak.analysis import figures, report_html
+from symbreak.analysis.alignment import ENDS
+from symbreak.atomic import fsync_dir, write_text_atomic
+
+
+def to_json(result: dict[str, Any]) -> str:
+    """Deterministic JSON text (no NaN/inf: those are null already)."""
+    return json.dumps(result, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_outputs(result: dict[str, Any], out_dir: Path) -> list[Path]:
+    """analysis.json, every figure and report.html in ``out_dir``; returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pngs = figures.render_all(result)
+    paths = [out_dir / "analysis.json"]
+    write_text_atomic(paths[0], to_json(result))
+    for name, data in pngs.items():
+        _write_bytes_atomic(out_dir / name, data)
+        paths.append(out_dir / name)
+    paths.append(out_dir / "report.html")
+    write_text_atomic(paths[-1], report_html.render(result, pngs))
+    return paths
+
+
+def summary_lines(result: dict[str, Any], limit: int = 10) -> list[str]:
+    """A short text summary: the heads with the strongest significant class effects."""
+    alpha = result["options"]["alpha"]
+    rows = []
+    for h in result["heads"]:
+        for end in ENDS:
+            s = h["strongest"][end]
+            if s is not None:
+                rows.append((s["log2_enrichment"], h, end, s))
+    rows.sort(key=lambda r: (-r[0], r[1]["scope"], r[1]["layer"], r[1]["head"], r[2]))
+    ctx = result["scopes"]["context"]
+    lines = [
+        f"{result['run']['name']} {result['checkpoint']['name']}: {result['direction']['source']}",
+        f"context: {ctx['tokens']:,} tokens, {ctx['population']:,} token ids with count >= "
+        f"{ctx['min_count']}; vocab: {result['scopes']['vocab']['population']:,} ids (layer 0)",
+    ]
+    if not rows:
+        lines.append(f"no head shows a token class with q < {alpha:g}")
+    else:
+        lines.append(f"strongest class effects (q < {alpha:g}), of {len(rows)}:")
+        lines.append(
+            f"  {'scope':<8}{'layer':>5}{'head':>5}  {'end':<11}{'class':<15}"
+            f"{'log2':>6}{'q':>9}{'select.':>9}{'null%':>6}"
+        )
+        for _, h, end, s in rows[:limit]:
+            lines.append(
+                f"  {h['scope']:<8}{h['layer']:>5}{h['head']:>5}  {end:<11}{s['class']:<15}"
+                f"{s['log2_enrichment']:>+6.2f}{s['q_value']:>9.2g}{h['selectivity']:>9.3g}"
+                f"{h['null_percentile']:>6.0f}"
+            )
+    return lines

@@ -1,0 +1,170 @@
+"""data.source=addition (the generator and its splits) and ``eval --task addition``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from symbreak.cli import main
+from symbreak.config import Config
+from symbreak.data import load_data
+from symbreak.data.addition import (
+    LINE,
+    AdditionSpec,
+    cached_addition,
+    decode_chars,
+    encode_chars,
+    encode_problems,
+    line_text,
+    split_problems,
+)
+from symbreak.errors import ConfigError
+from symbreak.eval.addition import evaluate_addition
+from symbreak.model import GPT
+from symbreak.train.checkpoint import save_checkpoint
+
+SPEC = AdditionSpec(n_train=3000, n_val=500, reverse=False, seed=3)
+
+
+def test_lines_are_correct_sums_in_the_documented_format() -> None:
+    assert line_text(42, 917) == "042+917=0959\n"
+    assert line_text(42, 917, reverse=True) == "042+917=9590\n"
+    assert line_text(999, 999) == "999+999=1998\n"
+    for reverse in (False, True):
+        splits = split_problems(AdditionSpec(200, 50, reverse, 0))
+        text = decode_chars(encode_problems(splits["train"], reverse))
+        lines = text.split("\n")[:-1]
+        assert len(lines) == 200 and all(len(line) == LINE - 1 for line in lines)
+        for line, (a, b) in zip(lines, splits["train"].tolist(), strict=True):
+            lhs, c = line.split("=")
+            x, y = lhs.split("+")
+            assert (int(x), int(y)) == (a, b)
+            assert int(c[::-1] if reverse else c) == a + b  # the answer is the sum
+    assert encode_chars("12+3=\n") == [1, 2, 10, 3, 11, 12]
+
+
+def test_splits_are_disjoint_even_when_commuted_and_deterministic() -> None:
+    s = split_problems(SPEC)
+    assert len(s["train"]) == 3000 and len(s["val"]) == 500
+    train = {tuple(p) for p in s["train"].tolist()}
+    val = {tuple(p) for p in s["val"].tolist()}
+    assert len(train) == 3000 and len(val) == 500  # no duplicates
+    assert not train & val
+    assert not {(b, a) for a, b in train} & val  # nor a commuted twin
+    again = split_problems(SPEC)
+    assert all(np.array_equal(s[k], again[k]) for k in s)
+    other = split_problems(AdditionSpec(3000, 500, False, seed=4))
+    assert not np.array_equal(s["val"], other["val"])
+
+
+def test_cached_dataset_loads_as_windows(tmp_path: Path) -> None:
+    d = cached_addition(SPEC, tmp_path)
+    assert cached_addition(SPEC, tmp_path) == d  # generated once
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["problems"] == {"val": 500, "train": 3000} and meta["chars"] == "0123456789+=\n"
+    data = load_data("addition", 26, 16, tmp_path, addition=SPEC)
+    w = data.train.get([0, 1])
+    text = decode_chars(w[0].tolist())
+    assert text[:13] == line_text(*split_problems(SPEC)["train"][0].tolist())
+    assert len(data.val) == (500 * 13 - 1) // 26  # windows of 27 tokens, stride 26
+
+
+def test_config_checks_the_vocabulary() -> None:
+    with pytest.raises(ConfigError, match=r"model\.vocab_size"):
+        Config.load(None, ["data.source=addition", "model.vocab_size=12"])
+    with pytest.raises(ConfigError, match=r"data\.addition_train"):
+        Config.load(None, ["data.source=addition", "data.addition_train=999000"])
+    cfg = Config.load(None, ["data.source=addition", "model.vocab_size=16"])
+    assert (cfg.data.addition_train, cfg.data.addition_val) == (100000, 2000)
+
+
+class Oracle(torch.nn.Module):
+    """Reads the operands from the prompt and answers correctly (wrong 'thousands' if asked)."""
+
+    def __init__(self, reverse: bool, break_thousands: bool = False) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.reverse, self.break_thousands = reverse, break_thousands
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:  # every position "holds" the prefix
+        return x[:, None, :].expand(-1, x.shape[1], -1)
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], 16)
+        for r, row in enumerate(x.tolist()):
+            s = decode_chars(row)
+            a, b = int(s[0:3]), int(s[4:7])
+            c = f"{a + b:04d}"
+            if self.break_thousands:
+                c = str((int(c[0]) + 1) % 10) + c[1:]
+            c = c[::-1] if self.reverse else c
+            out[r, int(c[len(s) - 8])] = 1.0
+        return out
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_eval_scores_an_oracle_and_a_wrong_thousands_digit(reverse: bool) -> None:
+    cfg = Config.load(None, ["data.source=addition", "model.vocab_size=16",
+                             "data.addition_train=100", "data.addition_val=40",
+                             f"data.addition_reverse={str(reverse).lower()}"])  # fmt: skip
+    r = evaluate_addition(Oracle(reverse), cfg)
+    assert r["problems"] == 40 and r["exact_match"]["mean"] == 1.0
+    assert 0.9 < r["exact_match"]["lo"] < 1.0 and r["exact_match"]["hi"] == pytest.approx(1.0)
+    r = evaluate_addition(Oracle(reverse, break_thousands=True), cfg, n_problems=20)
+    assert r["exact_match"]["mean"] == 0.0 and r["problems"] == 20
+    assert r["per_digit"]["thousands"]["mean"] == 0.0
+    assert r["per_digit"]["units"]["mean"] == r["per_digit"]["hundreds"]["mean"] == 1.0
+
+
+def test_eval_cli_on_an_addition_run(tmp_path: Path, capsys) -> None:
+    cfg = Config.from_dict(
+        {
+            "model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 26, "vocab_size": 16},
+            "data": {
+                "source": "addition",
+                "addition_train": 100,
+                "addition_val": 30,
+                "cache_dir": str(tmp_path / "cache"),
+            },
+            "train": {"out_dir": str(tmp_path), "name": "add"},
+        }
+    )
+    run = tmp_path / "add"
+    run.mkdir()
+    (run / "config.toml").write_text(cfg.to_toml())
+    save_checkpoint(run, 1, GPT(cfg.model, cfg.sb), None, {"config": cfg.to_dict()})
+    assert main(["eval", str(run), "--task", "addition", "--problems", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "exact match" in out and "thousands" in out
+    data = json.loads((run / "eval" / "addition_step_00000001.json").read_text())
+    assert data["problems"] == 10 and set(data["per_digit"]) == {
+        "units", "tens", "hundreds", "thousands"}  # fmt: skip
+    assert main(["eval", str(run), "--task", "addition", "--problems", "31"]) == 2
+    assert "more than the run's 30" in capsys.readouterr().err
+    for argv in (["eval", str(run)], ["sample", str(run), "--prompt", "12+"]):
+        assert main(argv) == 2
+        assert "--task addition" in capsys.readouterr().err
+    assert main(["eval", str(run), "--suite", "none", "--val"]) == 0  # val loss works
+
+
+def test_training_on_addition_with_the_new_switches(tmp_path: Path) -> None:
+    """The trainer end to end: addition data, bidirectional mask, RoPE, no MLP residual."""
+    import math
+
+    from symbreak.train.trainer import train
+
+    cfg = Config.load(None, ["data.source=addition", "data.addition_train=400",
+                             "data.addition_val=100", f"data.cache_dir={tmp_path / 'c'}",
+                             "model.vocab_size=16", "model.block_size=26", "model.n_layer=1",
+                             "model.n_head=2", "model.n_embd=16", "model.pos_encoding=rope",
+                             "model.mask=bidirectional", "model.residual=attn", "sb.q=true",
+                             "train.max_steps=3", "train.batch_size=4", "train.eval_tokens=260",
+                             "train.progress=false", f"train.out_dir={tmp_path}",
+                             "train.name=r", "optim.lr=1e-2"])  # fmt: skip
+    summary = train(cfg)
+    assert summary.steps == 3 and math.isfinite(summary.final_val_loss)
+    assert summary.final_val_loss < summary.initial_val_loss + 0.5

@@ -522,3 +522,14 @@ def _type_name_full(hint: Any) -> str:
     if isinstance(hint, types.UnionType):
         return " | ".join(_type_name(o) for o in typing.get_args(hint))
     return _type_name(hint)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"preset": "tiny"}}`` -> ``{"model.preset": "tiny"}`` (any depth)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

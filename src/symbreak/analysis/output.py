@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from symbreak.analysis import figures, report_html
 from symbreak.analysis.alignment import ENDS
-from symbreak.atomic import fsync_dir, write_text_atomic
+from symbreak.atomic import write_bytes_atomic, write_text_atomic
 
 
 def to_json(result: dict[str, Any]) -> str:
     """Deterministic JSON text (no NaN/inf: those are null already)."""
     return json.dumps(result, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def write_outputs(result: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -39,7 +24,7 @@ def write_outputs(result: dict[str, Any], out_dir: Path) -> list[Path]:
     paths = [out_dir / "analysis.json"]
     write_text_atomic(paths[0], to_json(result))
     for name, data in pngs.items():
-        _write_bytes_atomic(out_dir / name, data)
+        write_bytes_atomic(out_dir / name, data)
         paths.append(out_dir / name)
     paths.append(out_dir / "report.html")
     write_text_atomic(paths[-1], report_html.render(result, pngs))

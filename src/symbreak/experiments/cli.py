@@ -6,17 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from symbreak.argtypes import int_range
 from symbreak.errors import ExperimentError
-
-
-def _jobs(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if not 1 <= value <= 256:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 256, got {value}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -32,7 +23,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.add_argument(
         "--jobs",
-        type=_jobs,
+        type=int_range(1, 256),
         default=1,
         metavar="N",
         help="cells at once on this machine, splitting its cores between them (default 1)",

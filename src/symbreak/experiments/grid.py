@@ -46,9 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from symbreak.config import Config, parse_override, read_toml
+from symbreak.config import Config, flatten, parse_override, read_toml
 from symbreak.errors import ConfigError, ExperimentError
-from symbreak.experiments.flat import flatten
 
 SEED_KEY = "train.seed"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*")

@@ -34,9 +34,8 @@ from typing import Any
 
 from symbreak import __version__
 from symbreak.atomic import write_text_atomic
-from symbreak.config import Config
+from symbreak.config import Config, flatten
 from symbreak.errors import CheckpointError, ConfigError, ExperimentError
-from symbreak.experiments.flat import flatten
 from symbreak.experiments.grid import Cell, Grid
 from symbreak.train.checkpoint import LATEST, read_state, resolve_checkpoint
 from symbreak.train.lock import describe_holder, is_locked, read_holder

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from symbreak.analysis.noether_log import FILENAME as NOETHER_CSV
 from symbreak.analysis.noether_log import NoetherLog
 from symbreak.atomic import write_text_atomic
-from symbreak.config import Config
+from symbreak.config import Config, flatten
 from symbreak.data import (
     TrainBatches,
     addition_spec,
@@ -593,18 +593,8 @@ class Trainer:
         self.env.barrier()
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _check_compatible(stored: Config, new: Config, ckpt: Path) -> None:
-    old_flat, new_flat = _flatten(stored.to_dict()), _flatten(new.to_dict())
+    old_flat, new_flat = flatten(stored.to_dict()), flatten(new.to_dict())
     for key in old_flat:
         if any(key == k or key.startswith(k + ".") for k in IDENTITY_KEYS) and (
             old_flat[key] != new_flat[key]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from symbreak.data.corpus import META_FILE, default_cache_dir
+from symbreak.data.corpus import META_FILE, build_in_cache, default_cache_dir
 from symbreak.data.shards import write_shard
 from symbreak.errors import DataError
 from symbreak.seeding import keyed_seed
@@ -148,8 +148,25 @@ def cached_addition(spec: AdditionSpec, cache_dir: str | os.PathLike[str] | None
     spec.check()
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = cache / f"addition-{spec.key}"
-    if (target / META_FILE).is_file():
-        return target
+
+    def build(tmp: Path) -> None:
+        splits = split_problems(spec)
+        for split, probs in splits.items():
+            write_shard(tmp / f"addition_{split}_000000.bin", encode_problems(probs, spec.reverse))
+        meta = {
+            "source": "addition",
+            "format_version": FORMAT_VERSION,
+            "tokenizer": "chars",
+            "chars": CHARS,
+            "line": "aaa+bbb=cccc\\n",
+            "reverse": spec.reverse,
+            "seed": spec.seed,
+            "problems": {s: len(p) for s, p in splits.items()},
+            "tokens": {s: len(p) * LINE for s, p in splits.items()},
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    return build_in_cache(cache, target, build)
     try:
         cache.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".{target.name}.tmp-"))

@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -110,10 +110,24 @@ def cached_shakespeare(
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     stem = "shakespeare" if tokenizer == _tok.TOKENIZER_NAME else f"shakespeare_{tokenizer}"
     target = cache / f"{stem}-{_shakespeare_key(tokenizer)}"
+    return build_in_cache(
+        cache,
+        target,
+        lambda tmp: _write_dataset(
+            shakespeare_texts(), tmp, source=stem, show_progress=show_progress, tokenizer=tokenizer
+        ),
+    )
+
+
+def build_in_cache(cache: Path, target: Path, build: Callable[[Path], object]) -> Path:
+    """``target`` (a directory in ``cache`` holding meta.json), built by ``build(tmp)`` on first
+    use. Later calls (any process) find it and return at once. Concurrent callers (e.g. every
+    rank of a torchrun job) each build into a private temp dir and rename it into place; the
+    losers of the race discard their copy, so the cache is never seen half-written."""
     if target.is_dir():
         if not (target / META_FILE).is_file():
             raise DataError(
-                f"cached corpus {target} has no {META_FILE} (modified by hand?); delete that "
+                f"cached data {target} has no {META_FILE} (modified by hand?); delete that "
                 "directory and run again"
             )
         return target
@@ -126,13 +140,7 @@ def cached_shakespeare(
             "writable directory"
         ) from e
     try:
-        _write_dataset(
-            shakespeare_texts(),
-            tmp,
-            source=stem,
-            show_progress=show_progress,
-            tokenizer=tokenizer,
-        )
+        build(tmp)
         apply_umask(tmp)  # mkdtemp makes it private; the cache may be shared
         try:
             os.rename(tmp, target)

@@ -291,7 +291,8 @@ def plot(data: dict[str, Any], col: Collection, out: Path) -> list[str]:
     cells = _cells(col.records)
     panels = list(dict.fromkeys(p for p, _ in cells))
     variants = list(dict.fromkeys(v for _, v in cells))
-    colours = {v: f"C{i % 10}" for i, v in enumerate(variants)}
+    cmap = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")
+    colours = {v: cmap(i % cmap.N) for i, v in enumerate(variants)}
     ncol = min(3, len(panels))
     nrow = -(-len(panels) // ncol)
     written = []
@@ -299,6 +300,7 @@ def plot(data: dict[str, Any], col: Collection, out: Path) -> list[str]:
     fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 3.6 * nrow), squeeze=False)
     for ax, panel in zip(axes.flat, panels, strict=False):
         logx = False
+        starts, lows, diverged = [], {}, []
         for v in variants:
             rs = cells.get((panel, v))
             if not rs:
@@ -307,7 +309,13 @@ def plot(data: dict[str, Any], col: Collection, out: Path) -> list[str]:
             x = [rs[0].tokens[rs[0].steps.index(s)] for s in common]
             ys = [[r.val_loss[r.steps.index(s)] for r in rs] for s in common]
             mean = [sum(y) / len(y) for y in ys]
-            ax.plot(x, mean, color=colours[v], label=f"{v} (n={len(rs)})")
+            starts.append(mean[0])
+            lows[v] = min(min(y) for y in ys)
+            label = f"{v} (n={len(rs)})"
+            if max(mean) > 1.05 * mean[0]:  # above its own starting loss: diverged
+                diverged.append(v)
+                label += ", diverged"
+            ax.plot(x, mean, color=colours[v], label=label)
             ax.fill_between(
                 x,
                 [min(y) for y in ys],
@@ -320,6 +328,9 @@ def plot(data: dict[str, Any], col: Collection, out: Path) -> list[str]:
             logx = logx or (len(pos) > 1 and pos[-1] / pos[0] > 30)
         if logx:
             ax.set_xscale("log")
+        if diverged and starts:  # keep the converging runs readable; diverged ones leave the top
+            low = min((lo for v, lo in lows.items() if v not in diverged), default=0.0)
+            ax.set_ylim(low - 0.05 * (max(starts) - low), 1.05 * max(starts))
         _style(ax, panel, "val loss (nats)")
     _save(fig, axes, len(panels), f"{data['title']}: validation loss, seed mean and min-max",
           out / "curves.png")
@@ -353,7 +364,10 @@ def _style(ax: Any, title: str, ylabel: str) -> None:
     ax.set_xlabel("tokens")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
+    handles = ax.get_legend_handles_labels()[0]
+    if len(handles) > 6:  # many variants: beside the panel, not over the curves
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    elif handles:
         ax.legend(fontsize=8)
 
 
@@ -364,7 +378,7 @@ def _save(fig: Any, axes: Any, used: int, title: str, path: Path) -> None:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -107,10 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     from symbreak.bench.cli import register as register_bench
     from symbreak.eval.cli import register as register_eval
     from symbreak.experiments.cli import register as register_experiments
+    from symbreak.integrations.export import register as register_export
 
     register_eval(sub)
     register_bench(sub)
     register_experiments(sub)
+    register_export(sub)
     return parser
 
 

@@ -60,6 +60,7 @@ class ModelConfig:
     bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2
     pos_encoding: str = _choices("learned", "none", default="learned")
     dropout: float = 0.0
+    init_from: str = ""  # a symbreak run or a local Hugging Face GPT-2 directory; "": random
 
 
 @dataclass

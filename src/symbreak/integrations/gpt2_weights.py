@@ -188,7 +188,7 @@ def from_hf_gpt2(
     _check_hf_config(cfg, hf_cfg, origin)
     own = model.state_dict()
     out = {k: v for k, v in own.items() if _is_sampler_key(k)}
-    for skey, hkey, transpose in name_table(cfg.n_layer, prelu=False):
+    for skey, hkey, transpose in name_table(cfg.n_layer, prelu=cfg.activation == "prelu"):
         if hkey not in sd:
             raise CheckpointError(f"{origin} has no tensor {hkey}")
         t = sd[hkey].float()
@@ -226,16 +226,19 @@ def _pad_vocab(t: torch.Tensor, want: tuple[int, ...], origin: str) -> torch.Ten
 
 
 def _check_hf_config(cfg: Any, hf: dict[str, Any], origin: str) -> None:
-    if hf.get("model_type") != "gpt2":
+    kind = hf.get("model_type")
+    if kind not in ("gpt2", "symbreak_gpt2"):
         raise CheckpointError(
-            f"{origin} is a {hf.get('model_type')!r} model; model.init_from reads GPT-2 "
-            "(model_type gpt2) or a symbreak run"
+            f"{origin} is a {kind!r} model; model.init_from reads GPT-2 (model_type gpt2), a "
+            "symbreak export or a symbreak run"
         )
-    if cfg.activation != "gelu":
+    if kind == "gpt2" and cfg.activation != "gelu":
         raise CheckpointError(
             f"{origin} is GPT-2, whose MLP uses GELU; set model.activation=gelu "
             f"(model.activation={cfg.activation} has no GPT-2 weights to start from)"
         )
+    if kind == "symbreak_gpt2" and cfg.activation != "prelu":
+        raise CheckpointError(f"{origin} is a PReLU export; set model.activation=prelu")
     act = hf.get("activation_function", "gelu_new")
     checks = [
         (act in _GELU_TANH, f"activation_function={act!r} (symbreak's GELU is the tanh form)"),

@@ -49,7 +49,6 @@ from symbreak.eval.scoring import BatchLogits
 log = logging.getLogger(__name__)
 
 
-@register_model("symbreak")
 class SymbreakLM(TemplateLM):
     """A symbreak run as an lm-eval model (loglikelihood, rolling, generate_until)."""
 
@@ -58,12 +57,18 @@ class SymbreakLM(TemplateLM):
         run: str,
         checkpoint: str = "latest",
         sb_eval: str | None = None,
-        device: str = "cpu",
+        device: str | None = None,
         batch_size: int | str = 8,
         max_gen_toks: int = 256,
         **kwargs: Any,
     ) -> None:
         super().__init__()
+        device = str(device or "auto")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            # lm-eval's command line asks for cuda:0 unless told otherwise; like its hf model,
+            # fall back to the CPU rather than fail.
+            log.warning("CUDA is not available; running on the CPU")
+            device = "cpu"
         self.run = load_run(run, str(checkpoint), sb_eval=sb_eval, device=device)
         self.model = self.run.model.eval()
         self._batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
@@ -194,4 +199,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run as a script this file is "__main__"; register the class of the real module instead.
+    import importlib
+
+    importlib.import_module("symbreak.integrations.lmeval").main()
+else:
+    register_model("symbreak")(SymbreakLM)

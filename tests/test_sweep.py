@@ -36,7 +36,8 @@ FAST = {
 def write_grid(path: Path, name: str, out: Path, cache: Path, config: dict, axes: str) -> Path:
     keys = {**FAST, "data.cache_dir": str(cache), **config}
     body = "\n".join(f'"{k}" = {json.dumps(v)}' for k, v in keys.items())
-    path.write_text(f'name = "{name}"\nout_dir = "{out}"\n\n[config]\n{body}\n\n{axes}\n')
+    # axes before [config]: a bare key in them (the bad-grid cases) stays top-level
+    path.write_text(f'name = "{name}"\nout_dir = "{out}"\n\n{axes}\n\n[config]\n{body}\n')
     return path
 
 

@@ -55,7 +55,10 @@ CASES = {
     "gelu-plain": ({"activation": "gelu"}, {}),
     "gelu-qv-batch-perhead": ({"activation": "gelu"}, {"q": True, "v": True, "per_head": True}),
     "prelu-qv-batch": ({}, {"q": True, "v": True, "v_mean": 0.5}),
-    "prelu-qkv-learned": ({}, {"q": True, "k": True, "v": True, "mode": "learned"}),
+    "prelu-qkv-learned-perhead": (  # learned per-head vectors differ in every head
+        {},
+        {"q": True, "k": True, "v": True, "mode": "learned", "per_head": True},
+    ),
     "gelu-qv-fixed-nobias-nope": (
         {"activation": "gelu", "bias": False, "pos_encoding": "none"},
         {"q": True, "v": True, "mode": "fixed"},

@@ -36,7 +36,8 @@ FAST = {
 def write_grid(path: Path, name: str, out: Path, cache: Path, config: dict, axes: str) -> Path:
     keys = {**FAST, "data.cache_dir": str(cache), **config}
     body = "\n".join(f'"{k}" = {json.dumps(v)}' for k, v in keys.items())
-    path.write_text(f'name = "{name}"\nout_dir = "{out}"\n\n[config]\n{body}\n\n{axes}\n')
+    # axes before [config]: a bare key in them (the bad-grid cases) stays top-level
+    path.write_text(f'name = "{name}"\nout_dir = "{out}"\n\n{axes}\n\n[config]\n{body}\n')
     return path
 
 
@@ -276,7 +277,7 @@ BAD = [
     ("[axes.sb]\n", "axis 'sb' is empty"),
     ('[axes]\n"train.seed" = []\n', "axis 'train.seed' is empty"),
     ("[axes.sb]\nsym = {}\nsym = {}\n", "not valid TOML"),
-    ('bogus = 1\n[axes.sb]\nsym = {}\n', "unknown config key 'bogus'"),
+    ('bogus = 1\n[axes.sb]\nsym = {}\n', "unknown top-level key"),
 ]
 
 

@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     from symbreak.bench.cli import register as register_bench
     from symbreak.eval.cli import register as register_eval
     from symbreak.experiments.cli import register as register_experiments
+    from symbreak.integrations.export import register as register_export
 
     register_eval(sub)
     register_bench(sub)
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_noether(sub)
     register_analyze(sub)
     register_probe(sub)
+    register_export(sub)
     return parser
 
 

@@ -70,6 +70,7 @@ class ModelConfig:
     mask: str = _choices("causal", "bidirectional", default="causal")
     residual: str = _choices("both", "attn", "mlp", "none", default="both")  # kept residuals
     rope_base: float = 10000.0  # RoPE: theta_i = rope_base^(-2i / d_head)
+    init_from: str = ""  # a symbreak run or a local Hugging Face GPT-2 directory; "": random
 
 
 @dataclass

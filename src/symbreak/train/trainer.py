@@ -314,6 +314,10 @@ class Trainer:
             addition=addition_spec(cfg.data),
         )
         model = GPT(cfg.model, cfg.sb).to(self.device)
+        if cfg.model.init_from and resumed is None:  # a resumed run has its own weights
+            from symbreak.integrations.init_from import init_model_from
+
+            init_model_from(model, cfg.model.init_from)
         optimizer = build_optimizer(model, cfg.optim, seed=t.seed)
         batches = TrainBatches(
             data.train,

@@ -1,0 +1,135 @@
+"""``symbreak export --format hf``: the loaded export computes symbreak's eval-mode logits."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from symbreak.cli import main
+from symbreak.config import Config
+from symbreak.data import GPT2_VOCAB_SIZE, encode
+from symbreak.errors import SymbreakError
+from symbreak.integrations.export import export_hf
+from symbreak.model import GPT
+from symbreak.train.checkpoint import save_checkpoint
+
+# Offline, and remote code copied into a private directory instead of ~/.cache.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="symbreak-hf-modules-"))
+
+
+def make_run(root: Path, name: str, model: dict, sb: dict, seed: int = 0) -> tuple[Path, GPT]:
+    """A tiny run directory whose every weight (biases, LayerNorms, slopes, learned sb) is
+    random, so a wrong mapping cannot hide behind zeros or ones."""
+    cfg = Config.from_dict(
+        {
+            "model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16, **model},
+            "sb": sb,
+            "train": {"out_dir": str(root), "name": name, "seed": seed},
+        }
+    )
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.toml").write_text(cfg.to_toml())
+    torch.manual_seed(seed)
+    gpt = GPT(cfg.model, cfg.sb)
+    with torch.no_grad():
+        for p in gpt.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    save_checkpoint(run_dir, 3, gpt, None, {"val_loss": 5.0, "config": cfg.to_dict()})
+    return run_dir, gpt.eval()
+
+
+def load_export(out: Path) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True).eval()
+
+
+CASES = {
+    "gelu-plain": ({"activation": "gelu"}, {}),
+    "gelu-qv-batch-perhead": ({"activation": "gelu"}, {"q": True, "v": True, "per_head": True}),
+    "prelu-qv-batch": ({}, {"q": True, "v": True, "v_mean": 0.5}),
+    "prelu-qkv-learned-perhead": (  # learned per-head vectors differ in every head
+        {},
+        {"q": True, "k": True, "v": True, "mode": "learned", "per_head": True},
+    ),
+    "gelu-qv-fixed-nobias-nope": (
+        {"activation": "gelu", "bias": False, "pos_encoding": "none"},
+        {"q": True, "v": True, "mode": "fixed"},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_export_logits_equal_symbreak(tmp_path: Path, case: str) -> None:
+    model_kw, sb = CASES[case]
+    run_dir, gpt = make_run(tmp_path, case, model_kw, sb)
+    res = export_hf(run_dir, tmp_path / "hf")
+    hf = load_export(res.out)
+    is_gelu = model_kw.get("activation") == "gelu"
+    assert type(hf).__name__ == ("GPT2LMHeadModel" if is_gelu else "SymbreakGPT2LMHeadModel")
+    assert hf.config.vocab_size == GPT2_VOCAB_SIZE
+    idx = torch.randint(0, GPT2_VOCAB_SIZE, (3, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = gpt(idx)[0][..., :GPT2_VOCAB_SIZE]
+        theirs = hf(idx).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+    meta = json.loads((res.out / "symbreak_export.json").read_text())
+    assert meta["step"] == 3 and meta["folded_biases"] == res.folded
+
+
+def test_export_sb_eval_zero_drops_the_biases(tmp_path: Path) -> None:
+    run_dir, gpt = make_run(tmp_path, "z", {"activation": "gelu"}, {"q": True, "v": True})
+    hf = load_export(export_hf(run_dir, tmp_path / "hf", sb_eval="zero").out)
+    idx = torch.randint(0, GPT2_VOCAB_SIZE, (2, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        with_mean = gpt(idx)[0][..., :GPT2_VOCAB_SIZE]
+        for s in gpt.bias_samplers():
+            s.eval_mode = "zero"
+        without = gpt(idx)[0][..., :GPT2_VOCAB_SIZE]
+        theirs = hf(idx).logits
+    torch.testing.assert_close(theirs, without, atol=1e-5, rtol=0)
+    assert (theirs - with_mean).abs().max() > 1e-3  # the folded biases do matter
+
+
+def test_export_generate_and_tokenizer(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    run_dir, gpt = make_run(tmp_path, "r", {}, {"q": True, "v": True})
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "hf")]) == 0
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    text = "To be, or not to be: that is the question.\n  Whether 'tis nobler"
+    assert tok(text)["input_ids"] == encode(text)
+    assert tok.decode(encode(text)) == text
+    hf = load_export(tmp_path / "hf")
+    prompt = torch.tensor([encode("To be, or")])
+    out = hf.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=tok.eos_token_id)
+    assert out.shape == (1, prompt.shape[1] + 5)
+    # Greedy decoding agrees with symbreak's own argmax, token by token.
+    ids = prompt
+    with torch.no_grad():
+        for _ in range(5):
+            nxt = gpt(ids)[0][0, -1, :GPT2_VOCAB_SIZE].argmax()
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+    assert torch.equal(out, ids)
+
+
+def test_export_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir, _ = make_run(tmp_path, "s", {}, {"q": True, "eval": "sample"})
+    with pytest.raises(SymbreakError, match="--sb-eval mean"):
+        export_hf(run_dir, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    export_hf(run_dir, tmp_path / "a", sb_eval="mean")  # allowed when asked for
+    argv = ["export", str(run_dir), "--out", str(tmp_path / "a"), "--sb-eval", "mean"]
+    assert main(argv) == 2  # --out is not empty
+    assert "already exists" in capsys.readouterr().err
+    char_run, _ = make_run(tmp_path, "c", {"vocab_size": 65}, {})
+    assert main(["export", str(char_run), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "GPT-2's BPE" in err and err.count("\n") == 1

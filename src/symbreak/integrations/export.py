@@ -85,8 +85,8 @@ def check_exportable(cfg: Any, sb_eval: str | None) -> None:
         )
     unsupported = [
         (m.pos_encoding not in ("learned", "none"), f"model.pos_encoding={m.pos_encoding}"),
-        (getattr(m, "mask", "causal") != "causal", f"model.mask={getattr(m, 'mask', '')}"),
-        (getattr(m, "residual", True) is not True, "model.residual=false"),
+        (m.mask != "causal", f"model.mask={m.mask}"),
+        (m.residual != "both", f"model.residual={m.residual}"),
         (m.activation not in ("gelu", "prelu"), f"model.activation={m.activation}"),
     ]
     for bad, what in unsupported:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from symbreak import __version__
-from symbreak.argtypes import float_range
+from symbreak.argtypes import float_range, int_range
 from symbreak.errors import SymbreakError
 
 
@@ -49,13 +49,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from symbreak.data import prepare_inputs
 
-    meta = prepare_inputs(
-        args.inputs,
-        args.out,
-        errors=args.encoding_errors,
-        val_fraction=args.val_fraction,
-        tokenizer=args.tokenizer,
-    )
+    if bool(args.inputs) == bool(args.hf_dataset):
+        raise SymbreakError("prepare takes text files/directories or --hf-dataset NAME (one)")
+    if args.hf_dataset:
+        from symbreak.data.hf_dataset import prepare_hf_dataset
+
+        if args.tokenizer != "gpt2":
+            raise SymbreakError("--hf-dataset tokenizes with GPT-2 BPE; drop --tokenizer char")
+        meta = prepare_hf_dataset(
+            args.hf_dataset,
+            args.out,
+            config=args.hf_name,
+            split=args.split,
+            text_field=args.text_field,
+            max_tokens=args.max_tokens,
+            val_fraction=args.val_fraction,
+            workers=args.workers,
+        )
+    else:
+        meta = prepare_inputs(
+            args.inputs,
+            args.out,
+            errors=args.encoding_errors,
+            val_fraction=args.val_fraction,
+            tokenizer=args.tokenizer,
+        )
     counts = meta.get("tokens", {})
     skipped = meta.get("skipped", [])
     if skipped:
@@ -101,7 +119,33 @@ def build_parser() -> argparse.ArgumentParser:
         "directory, hidden files, token shards, a prepared dataset's meta.json and binary files "
         "are skipped and listed.",
     )
-    p.add_argument("inputs", nargs="+", help="text files or directories")
+    p.add_argument("inputs", nargs="*", help="text files or directories")
+    p.add_argument(
+        "--hf-dataset",
+        metavar="NAME",
+        help="stream a Hugging Face dataset instead (a hub name such as "
+        "HuggingFaceFW/fineweb-edu, or a local directory of JSON Lines/Parquet files); needs "
+        "the datasets package (symbreak[hf-data]) and, for a hub name, the network",
+    )
+    p.add_argument("--hf-name", metavar="CONFIG", help="the dataset's config, e.g. sample-10BT")
+    p.add_argument("--split", default="train", help="with --hf-dataset: which split (train)")
+    p.add_argument(
+        "--text-field", default="text", help="with --hf-dataset: the field holding text (text)"
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int_range(0),
+        default=0,
+        metavar="N",
+        help="with --hf-dataset: stop after about N tokens (0: the whole split)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int_range(0, 1024),
+        default=0,
+        metavar="N",
+        help="with --hf-dataset: tokenizer threads (0: every core)",
+    )
     p.add_argument(
         "--out",
         required=True,

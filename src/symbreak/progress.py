@@ -29,7 +29,7 @@ class Progress:
 
     def __init__(
         self,
-        total: int,
+        total: int | None,
         *,
         initial: int = 0,
         enabled: bool = True,
@@ -82,7 +82,8 @@ class Progress:
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         figures = "".join(f" {k}={v}" for k, v in self.postfix.items())
         head = f"{self.desc}: " if self.desc else ""
-        return f"{head}{self.unit} {self.n}/{self.total}{pct}{figures}"
+        of = f"/{self.total}" if self.total else ""  # None: a stream of unknown length
+        return f"{head}{self.unit} {self.n}{of}{pct}{figures}"
 
     def _line(self) -> None:
         print(self.line(), file=self.stream, flush=True)

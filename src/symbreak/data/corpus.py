@@ -501,6 +501,30 @@ def prepare_texts(
     line boundary (its last ``val_fraction``). ``out_dir`` must be missing or empty unless
     ``overwrite``; the dataset appears there only once it is complete.
     """
+    return build_output_dir(
+        out_dir,
+        lambda tmp: _write_dataset(
+            docs,
+            tmp,
+            val_docs=val_docs,
+            val_fraction=val_fraction,
+            shard_tokens=shard_tokens,
+            prefix=prefix,
+            source=source,
+            show_progress=show_progress,
+            tokenizer=tokenizer,
+            skipped=skipped,
+        ),
+        overwrite=overwrite,
+    )
+
+
+def build_output_dir(
+    out_dir: str | os.PathLike[str], build: Callable[[Path], dict], overwrite: bool = False
+) -> dict:
+    """Run ``build(tmp)`` in a private directory beside ``out_dir`` and rename it into place, so
+    a dataset appears only once complete (an interrupted build leaves nothing). ``out_dir`` must
+    be missing or empty unless ``overwrite``. Returns what ``build`` returns (the meta)."""
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise DataError(f"output {out} exists and is not a directory; choose another --out")
@@ -514,18 +538,7 @@ def prepare_texts(
     except OSError as e:
         raise DataError(f"cannot create the output directory {out} ({e.strerror})") from e
     try:
-        meta = _write_dataset(
-            docs,
-            tmp,
-            val_docs=val_docs,
-            val_fraction=val_fraction,
-            shard_tokens=shard_tokens,
-            prefix=prefix,
-            source=source,
-            show_progress=show_progress,
-            tokenizer=tokenizer,
-            skipped=skipped,
-        )
+        meta = build(tmp)
         apply_umask(tmp)  # mkdtemp makes it private; a dataset is ordinary data
         if out.exists():
             # Move the old directory aside first so the swap never mixes old and new shards.

@@ -41,6 +41,7 @@ from symbreak.train.checkpoint import LATEST, read_state, resolve_checkpoint
 from symbreak.train.lock import describe_holder, is_locked, read_holder
 
 MANIFEST = "sweep.json"
+LOCK_GRACE_S = 15.0
 BOOKKEEPING = ".sweep"
 # Keys that change how a run is executed or logged, not what it computes: a grid may change
 # them for a cell that already trained.
@@ -112,6 +113,9 @@ def prepare_cell(cell: Cell, sweep_dir: Path) -> Path:
     """Write the config the child trains; clear leftovers of an attempt that never reached a
     checkpoint (so its metrics.csv rows cannot mix with the new attempt's)."""
     run_dir = run_dir_of(cell)
+    deadline = time.monotonic() + LOCK_GRACE_S
+    while is_locked(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)  # a trainer of a just-killed sweep may take a moment to die
     if is_locked(run_dir):
         raise ExperimentError(
             f"cell '{cell.name}' is being trained by another process "

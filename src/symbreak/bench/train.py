@@ -348,9 +348,9 @@ def _matmul_rates(n: int, dtype: torch.dtype, dev: torch.device, reps: int) -> l
 
 
 def _loader_tok_per_s(cfg: Config, micro: int) -> float:
-    """Tokens per second of ``TrainBatches.micro_batches`` on the Shakespeare corpus alone."""
+    """Tokens per second of ``TrainBatches.micro_batches`` on the configured data alone."""
     data = load_data(
-        "shakespeare",
+        cfg.data.source,
         cfg.model.block_size,
         cfg.model.vocab_size,
         cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,38 +165,3 @@ def cached_addition(spec: AdditionSpec, cache_dir: str | os.PathLike[str] | None
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     return build_in_cache(cache, target, build)
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".{target.name}.tmp-"))
-    except OSError as e:
-        raise DataError(
-            f"cannot write the data cache {cache} ({e.strerror}); set SYMBREAK_CACHE to a "
-            "writable directory"
-        ) from e
-    try:
-        splits = split_problems(spec)
-        for split, probs in splits.items():
-            write_shard(tmp / f"addition_{split}_000000.bin", encode_problems(probs, spec.reverse))
-        meta = {
-            "source": "addition",
-            "format_version": FORMAT_VERSION,
-            "tokenizer": "chars",
-            "chars": CHARS,
-            "line": "aaa+bbb=cccc\\n",
-            "reverse": spec.reverse,
-            "seed": spec.seed,
-            "problems": {s: len(p) for s, p in splits.items()},
-            "tokens": {s: len(p) * LINE for s, p in splits.items()},
-        }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        tmp.chmod(0o755)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / META_FILE).is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target

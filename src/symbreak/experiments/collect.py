@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from symbreak.errors import ExperimentError, SymbreakError
-from symbreak.experiments.sweep import MANIFEST, identity, read_manifest
+from symbreak.experiments.sweep import MANIFEST, checkpoint_step, identity, read_manifest
 from symbreak.train.checkpoint import LATEST, resolve_checkpoint
 from symbreak.train.metrics import read_metrics
 
@@ -226,14 +226,13 @@ def _from_sweep(sweep_dir: Path, baseline: str | None) -> Collection:
 
 def _finished(run_dir: Path, entry: dict[str, Any]) -> bool:
     total = entry.get("total_steps")
-    if not (run_dir / "checkpoints" / LATEST).exists() or not isinstance(total, int):
+    if not isinstance(total, int):
         return False
     try:
-        from symbreak.train.checkpoint import read_state
-
-        return int(read_state(resolve_checkpoint(run_dir))["step"]) >= total
+        step = checkpoint_step(run_dir)
     except SymbreakError:
         return False
+    return step is not None and step >= total
 
 
 def _guess_variant_axis(axes: list[dict[str, Any]]) -> str | None:

@@ -111,6 +111,7 @@ class Grid:
     report: dict[str, Any] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     procs_per_cell: int = 1
+    base_tree: dict[str, Any] = field(default_factory=dict)  # the base file, read once
 
     @property
     def sweep_dir(self) -> Path:
@@ -145,7 +146,7 @@ class Grid:
         cfg = Config()
         try:
             if self.base_file is not None:
-                cfg.update(read_toml(self.base_file), origin=str(self.base_file))
+                cfg.update(self.base_tree, origin=str(self.base_file))
             for key, value in self.base_keys.items():
                 cfg.set(key, value)
             for item in self.overrides:
@@ -200,13 +201,17 @@ def parse_grid(tree: dict[str, Any], path: Path | None, overrides: list[str]) ->
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ExperimentError(f"{where}: name {name!r} must be a plain directory name")
     root = path.parent if path else Path(".")
-    base_file = None
+    base_file, base_tree = None, {}
     if "base" in tree:
         if not isinstance(tree["base"], str):
             raise ExperimentError(f"{where}: base must be a path to a config file")
         base_file = (root / tree["base"]).resolve()
         if not base_file.is_file():
             raise ExperimentError(f"{where}: base config {tree['base']} ({base_file}) not found")
+        try:
+            base_tree = read_toml(base_file)
+        except ConfigError as e:
+            raise ExperimentError(f"{where}: {e}") from None
     base_keys = tree.get("config", {})
     if not isinstance(base_keys, dict):
         raise ExperimentError(f'{where}: [config] must be a table of "section.key" = value')
@@ -215,18 +220,22 @@ def parse_grid(tree: dict[str, Any], path: Path | None, overrides: list[str]) ->
     out_dir = tree.get("out_dir")
     if out_dir is None:
         probe = Config()
-        if base_file is not None:
-            try:
-                probe.update(read_toml(base_file), origin=str(base_file))
-            except ConfigError as e:
-                raise ExperimentError(f"{where}: {e}") from None
+        try:
+            probe.update(base_tree, origin=str(base_file))
+        except ConfigError as e:
+            raise ExperimentError(f"{where}: {e}") from None
         out_dir = base_keys.get("train.out_dir", probe.train.out_dir)
-    for item in overrides:  # the sweep names its cells; train.out_dir moves the whole sweep
-        key, _, value = item.partition("=")
-        if key.strip() == "train.name":
+    axis_keys = {k for a in axes for s in a.settings.values() for k in s}
+    for item in overrides:
+        key, raw = parse_override(item)
+        if key == "train.name":  # the sweep names its cells
             raise ExperimentError(f"override {item}: a sweep names its cells; set name in {where}")
-        if key.strip() == "train.out_dir":
-            out_dir = value.strip().strip("'\"")
+        if key == "train.out_dir":  # moves the whole sweep
+            out_dir = raw.value if isinstance(raw.value, str) else raw.raw
+        if key in axis_keys:
+            raise ExperimentError(
+                f"override {item}: {key} is set by an axis of {where}; change it there"
+            )
     slurm = _checked_table(tree.get("slurm", {}), SLURM_KEYS, f"{where}: [slurm]")
     report = _checked_table(tree.get("report", {}), REPORT_KEYS, f"{where}: [report]")
     if "variant_axis" in report and report["variant_axis"] not in {a.name for a in axes}:
@@ -248,14 +257,8 @@ def parse_grid(tree: dict[str, Any], path: Path | None, overrides: list[str]) ->
         slurm=slurm,
         report=report,
         overrides=list(overrides),
+        base_tree=base_tree,
     )
-    axis_keys = {k for a in axes for s in a.settings.values() for k in s}
-    for item in overrides:
-        key = item.partition("=")[0].strip()
-        if key in axis_keys:
-            raise ExperimentError(
-                f"override {item}: {key} is set by an axis of {where}; change it there"
-            )
     grid.cells()  # every cell's config is checked now, before anything runs
     return grid
 

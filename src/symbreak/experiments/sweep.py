@@ -77,12 +77,18 @@ def identity(cfg: Config | dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if k not in OPERATIONAL_KEYS}
 
 
+def checkpoint_step(run_dir: Path) -> int | None:
+    """The step of a run's latest complete checkpoint, or None when it has none."""
+    if not (run_dir / "checkpoints" / LATEST).exists():
+        return None
+    return int(read_state(resolve_checkpoint(run_dir))["step"])
+
+
 def cell_state(cell: Cell) -> CellState:
     total = cell.config.total_steps
-    run_dir = run_dir_of(cell)
-    if not (run_dir / "checkpoints" / LATEST).exists():
+    step = checkpoint_step(run_dir_of(cell))
+    if step is None:
         return CellState("pending", 0, total)
-    step = int(read_state(resolve_checkpoint(run_dir))["step"])
     return CellState("done" if step >= total else "partial", step, total)
 
 

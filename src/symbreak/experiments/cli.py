@@ -98,5 +98,5 @@ def cmd_report(args: argparse.Namespace) -> int:
         metric=args.metric,
         with_eval=args.eval,
         out=args.out,
-        plot=not args.no_plot,
+        plot_figures=not args.no_plot,
     )

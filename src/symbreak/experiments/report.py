@@ -402,9 +402,7 @@ def make_report(
     out: Path | None = None,
     plot_figures: bool = True,
     echo: Callable[[str], None] = print,
-    **kw: Any,
 ) -> int:
-    plot_figures = kw.pop("plot", plot_figures)
     if out is not None and out.exists() and not out.is_dir():
         raise ExperimentError(f"--out {out} is a file; give a directory for the report")
     col = collect(paths, baseline)

@@ -183,12 +183,51 @@ def test_user_mistakes_fail_before_loading(runs, tmp_path):
         cli("eval", runs["a"], "--suite", "none", "--puzzles", good, "--puzzles", other)
     clash = tmp_path / "clash.jsonl"
     clash.write_text('{"category": "copy", "prompt": "x", "expected": " y"}\n')
-    with pytest.raises(DataError, match="'copy' is also a built-in category"):
+    with pytest.raises(DataError, match="'copy' is also a category of the suite"):
         cli("eval", runs["a"], "--puzzles", clash)
     with pytest.raises(SymbreakError, match="nothing to evaluate"):
         cli("eval", runs["a"], "--suite", "none")
     with pytest.raises(CheckpointError, match="not a run directory"):
         cli("eval", tmp_path, "--suite", "none", "--val")
+
+
+def test_reasoning_gym_suite_scores_seeded_items(runs, tmp_path, capsys):
+    import reasoning_gym
+
+    out = tmp_path / "rg.json"
+    suite = "reasoning-gym:syllogism,knights_knaves"
+    args = ("--suite", suite, "--per-category", 3, "--suite-seed", 7, "--device", "cpu")
+    assert cli("eval", runs["a"], *args, "--out", out) == 0
+    assert "scored 6 items" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert set(data["categories"]) == {"syllogism", "knights_knaves"}
+    assert data["options"]["suite"] == suite
+    assert data["options"]["suite_version"] == "reasoning-gym==0.1.25"
+    # the items are reasoning-gym's own, rebuilt with its API and the same seed
+    expected = list(reasoning_gym.create_dataset("knights_knaves", seed=7, size=3))
+    got = [i for i in data["items"] if i["category"] == "knights_knaves"]
+    assert [i["expected"] for i in got] == [" " + e["answer"] for e in expected]
+    assert [i["prompt"] for i in got] == [e["question"].rstrip() + "\nAnswer:" for e in expected]
+    # knights-and-knaves questions are longer than the 64-token context: truncated, and said so
+    assert all(i["truncated"] > 0 for i in got) and data["truncated_items"] >= 3
+    assert all(i["tokens"] > 1 for i in got)  # a multi-token answer, teacher-forced
+
+
+def test_reasoning_gym_mistakes_are_one_line(runs, monkeypatch):
+    with pytest.raises(SymbreakError, match="unknown task 'sylogism'"):
+        cli("eval", runs["a"], "--suite", "reasoning-gym:sylogism")
+    with pytest.raises(SymbreakError, match="'propositional_logic' has no reference answer"):
+        cli("eval", runs["a"], "--suite", "reasoning-gym:propositional_logic")
+    with pytest.raises(SystemExit):  # argparse: empty task list
+        cli("eval", runs["a"], "--suite", "reasoning-gym:")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "reasoning_gym" else real(n, *a)
+    )
+    with pytest.raises(SymbreakError, match=r"pip install 'symbreak\[reasoning-gym\]'"):
+        cli("eval", runs["a"], "--suite", "reasoning-gym:syllogism")
 
 
 @pytest.mark.parametrize("damage", ["missing", "extra", "shape"])

@@ -28,7 +28,7 @@ from symbreak import __version__
 from symbreak.argtypes import float_range, int_range, seed
 from symbreak.device import resolve_device
 from symbreak.errors import DataError, SymbreakError
-from symbreak.eval import puzzles, report
+from symbreak.eval import puzzles, reasoning_gym, report
 from symbreak.eval.puzzles import CATEGORIES, SUITE_VERSION, Item, builtin_suite, read_puzzles
 from symbreak.eval.runs import SB_EVAL_CHOICES, Run, load_run
 from symbreak.eval.scoring import ScoreRun, Summary, paired_differences, score_items, summarize
@@ -64,6 +64,19 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _suite(value: str) -> str:
+    if value in ("builtin", "none"):
+        return value
+    try:
+        if reasoning_gym.parse_suite(value) is not None:
+            return value
+    except SymbreakError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--suite {value!r}: ")) from None
+    raise argparse.ArgumentTypeError(
+        f"{value!r} is not a suite: builtin, none or reasoning-gym:TASK[,TASK...]"
+    )
+
+
 def _add_suite_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--puzzles",
@@ -75,23 +88,27 @@ def _add_suite_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--suite",
-        choices=("builtin", "none"),
+        type=_suite,
         default="builtin",
-        help="the built-in procedural suite (default) or none",
+        metavar="builtin|none|reasoning-gym:TASK[,TASK...]",
+        help="the built-in procedural suite (default), none, or seeded reasoning-gym tasks "
+        "(optional extra: pip install 'symbreak[reasoning-gym]')",
     )
     p.add_argument(
         "--suite-seed",
         type=seed,
         default=0,
         metavar="N",
-        help="seed of the built-in suite, 0 to 2^63-1 (default 0)",
+        help="seed of the built-in suite (or reasoning-gym's create_dataset), 0 to 2^63-1 "
+        "(default 0)",
     )
     p.add_argument(
         "--per-category",
         type=_positive,
         metavar="N",
         default=puzzles.DEFAULT_PER_CATEGORY,
-        help=f"built-in items per category (default {puzzles.DEFAULT_PER_CATEGORY})",
+        help=f"items per built-in category or reasoning-gym task "
+        f"(default {puzzles.DEFAULT_PER_CATEGORY})",
     )
     p.add_argument(
         "--batch-size",
@@ -196,16 +213,23 @@ def register(subparsers: Any) -> None:
 
 
 def collect_items(args: argparse.Namespace) -> list[Item]:
-    """The built-in suite (unless ``--suite none``) followed by every ``--puzzles`` file."""
-    items = builtin_suite(args.suite_seed, args.per_category) if args.suite == "builtin" else []
-    builtin = set(CATEGORIES) if args.suite == "builtin" else set()
+    """The suite (built-in, reasoning-gym's, or none) followed by every ``--puzzles`` file."""
+    rg_tasks = reasoning_gym.parse_suite(args.suite)
+    if rg_tasks is not None:
+        items = reasoning_gym.reasoning_gym_items(rg_tasks, args.suite_seed, args.per_category)
+        builtin = set(rg_tasks)
+    elif args.suite == "builtin":
+        items = builtin_suite(args.suite_seed, args.per_category)
+        builtin = set(CATEGORIES)
+    else:
+        items, builtin = [], set()
     for path in args.puzzles:
         extra = read_puzzles(path)
         for item in extra:
             if item.category in builtin:
                 raise DataError(
                     f"{item.source} (file:line): category '{item.category}' is also a "
-                    "built-in category; rename it or pass --suite none"
+                    "category of the suite; rename it or pass --suite none"
                 )
         items += extra
     kinds: dict[str, Item] = {}
@@ -277,7 +301,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "checkpoint": args.checkpoint,
         "suite": args.suite,
-        "suite_version": SUITE_VERSION if args.suite == "builtin" else None,
+        "suite_version": _suite_version(args.suite),
         "suite_seed": args.suite_seed,
         "per_category": args.per_category,
         "puzzles": [str(p) for p in args.puzzles],
@@ -285,6 +309,14 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "sb_eval_override": args.sb_eval,
         "device": args.device,
     }
+
+
+def _suite_version(suite: str) -> int | str | None:
+    if suite == "builtin":
+        return SUITE_VERSION
+    if reasoning_gym.parse_suite(suite) is not None:
+        return f"reasoning-gym=={reasoning_gym.rg_version()}"
+    return None
 
 
 def _run_json(run: Run) -> dict[str, Any]:

@@ -168,3 +168,40 @@ def test_training_on_addition_with_the_new_switches(tmp_path: Path) -> None:
     summary = train(cfg)
     assert summary.steps == 3 and math.isfinite(summary.final_val_loss)
     assert summary.final_val_loss < summary.initial_val_loss + 0.5
+
+
+def test_addition_runs_log_exact_match_and_the_report_reads_it(tmp_path: Path, capsys) -> None:
+    """Two tiny addition runs (learned+causal, NoPE+bidirectional): metrics.csv carries
+    exact_match at every evaluation, and `report --task addition` tabulates it with the probes,
+    whose permutation test is exactly invariant for NoPE+bidirectional only."""
+    from symbreak.experiments.addition_report import median_steps, steps_to
+    from symbreak.train.metrics import read_metrics
+    from symbreak.train.trainer import train
+
+    common = ["data.source=addition", "data.addition_train=300", "data.addition_val=100",
+              f"data.cache_dir={tmp_path / 'c'}", "model.block_size=13", "model.n_layer=2",
+              "model.n_head=2", "model.n_embd=16", "train.max_steps=4", "train.eval_every=2",
+              "train.batch_size=4", "train.eval_tokens=130", "train.progress=false",
+              f"train.out_dir={tmp_path / 'runs'}", "optim.lr=1e-2"]  # fmt: skip
+    for name, pe, mask in (("a", "learned", "causal"), ("b", "none", "bidirectional")):
+        train(Config.load(None, [*common, f"train.name={name}", f"model.pos_encoding={pe}",
+                                 f"model.mask={mask}"]))  # fmt: skip
+        rows = [r for r in read_metrics(tmp_path / "runs" / name / "metrics.csv") if r["val_loss"]]
+        assert [r["step"] for r in rows] == ["0", "2", "4"]
+        assert all(0.0 <= float(r["exact_match"]) <= 1.0 for r in rows)
+    out = tmp_path / "rep"
+    args = ["report", str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b")]
+    assert main([*args, "--task", "addition", "--out", str(out), "--threshold", "0.5"]) == 0
+    assert "steps to 50%" in capsys.readouterr().out
+    data = json.loads((out / "report.json").read_text())
+    cells = {(c["pos_encoding"], c["mask"]): c for c in data["cells"]}
+    assert set(cells) == {("learned", "causal"), ("none", "bidirectional")}
+    assert cells[("none", "bidirectional")]["probes"]["perm_rel_change"] < 1e-10
+    assert cells[("learned", "causal")]["probes"]["perm_rel_change"] > 1e-6
+    assert len(cells[("learned", "causal")]["probes"]["r2_by_layer"]) == 3  # embedding + 2 blocks
+    assert (out / "report.md").is_file() and (out / "exact_match.png").is_file()
+    assert main([*args, "--task", "addition", "--metric", "best_val_loss"]) == 2
+    # the helpers behind "steps to threshold"
+    assert steps_to([0, 100, 200], [0.1, 0.95, 0.9], 0.9) == 100
+    assert steps_to([0, 100], [0.1, 0.5], 0.9) is None
+    assert median_steps([100, None, 300]) == 300 and median_steps([100, None, None]) is None

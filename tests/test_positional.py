@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from symbreak.config import Config, ModelConfig, SBConfig
+from symbreak.data.loader import input_targets, loss_positions
 from symbreak.errors import ConfigError
 from symbreak.model import GPT
+from symbreak.model.loss import IGNORE_INDEX
 from symbreak.model.positional import (
     alibi_bias,
     alibi_slopes,
@@ -170,42 +172,71 @@ def test_residual_switches_match_reference(residual: str) -> None:
 # ---- bidirectional training: no target is visible to its own prediction -------------------
 
 
-@pytest.mark.parametrize("mask", ["causal", "bidirectional"])
-def test_no_target_leaks_into_its_prediction(mask: str) -> None:
-    """For every position the loss trains, changing its target token (which sits in the input
-    at t + 1 when t + 1 < T) leaves the logits at t unchanged; the loss is their CE."""
-    model = make("none", mask, n_layer=3)
+@pytest.mark.parametrize(
+    ("mask", "source"),
+    [("causal", "text"), ("bidirectional", "text"), ("bidirectional", "addition")],
+)
+def test_no_target_leaks_into_its_prediction(mask: str, source: str) -> None:
+    """Changing a trained target token (which sits in the input at t + 1) never changes the
+    prediction of that target, and the loss is the cross-entropy of those predictions, each
+    made from the prefix x_0..x_t alone (a float64 reference, one position at a time)."""
+    T13 = 26  # two addition problems per window
+    model = make("none", mask, n_layer=3, block_size=T13).double()
     g = torch.Generator().manual_seed(4)
-    w = torch.randint(0, V, (3, T + 1), generator=g)
-    x, y = w[:, :-1], w[:, 1:]
-    trained = model.target_mask(T)
-    logits = model(x)[0]
-    for t in range(T):
-        if t + 1 < T:  # the target of position t is also input token t + 1
+    w = torch.randint(0, V, (3, T13 + 1), generator=g)
+    positions = loss_positions(T13, mask, "addition" if source == "addition" else "shakespeare")
+    x, y = input_targets(w, positions)
+    trained = torch.ones(T13, dtype=torch.bool) if positions is None else positions
+    if source == "addition":  # t mod 13 in 7..10: the four answer digits of each problem
+        assert trained.nonzero().flatten().tolist() == [7, 8, 9, 10, 20, 21, 22, 23]
+    elif mask == "bidirectional":
+        assert trained.nonzero().flatten().tolist() == [T13 - 1]
+
+    def prediction(xx: torch.Tensor, t: int) -> torch.Tensor:  # the logits that predict y_t
+        return model(xx if mask == "causal" else xx[:, : t + 1])[0][:, t]
+
+    ces = []
+    for t in trained.nonzero().flatten().tolist():
+        ref = prediction(x, t)
+        ces.append(F.cross_entropy(ref, y[:, t], reduction="none"))
+        if t + 1 < T13:
             x2 = x.clone()
             x2[:, t + 1] = (x2[:, t + 1] + 1 + torch.randint(0, V - 1, (3,), generator=g)) % V
-            changed = (model(x2)[0][:, t] - logits[:, t]).abs().max().item()
-            if trained[t]:
-                assert changed == 0.0, f"position {t} sees its own target"
-            elif mask == "bidirectional":
-                assert changed > 1e-6  # why those positions must not be trained
-    want = F.cross_entropy(logits[:, trained].reshape(-1, V), y[:, trained].reshape(-1))
-    assert model(x, y)[1].item() == pytest.approx(want.item(), rel=1e-9)
-    assert int(trained.sum()) == (T if mask == "causal" else 1)
+            assert (prediction(x2, t) - ref).abs().max().item() == 0.0
+    if mask == "bidirectional":  # why the full-window logits must not be trained on
+        full = model(x)[0]
+        x2 = x.clone()
+        x2[:, 1] = (x2[:, 1] + 1) % V
+        assert (model(x2)[0][:, 0] - full[:, 0]).abs().max().item() > 1e-6
+    want = torch.cat(ces).mean()
+    assert model(x, y)[1].item() == pytest.approx(want.item(), rel=1e-10)
 
 
-def test_bidirectional_loss_backpropagates_from_last_position_only() -> None:
+def test_bidirectional_loss_ignores_untrained_targets_and_backpropagates() -> None:
     model = make("learned", "bidirectional")
-    x = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(5))
-    y = x.roll(-1, 1)
+    w = torch.randint(0, V, (2, T + 1), generator=torch.Generator().manual_seed(5))
+    x, y = input_targets(w, loss_positions(T, "bidirectional", "shakespeare"))
+    assert (y[:, :-1] == IGNORE_INDEX).all() and (y[:, -1] >= 0).all()
     model.train()
-    model.pin_biases(0)  # the same bias draw for both forwards
+    model.pin_biases(0)  # the same bias draw for every forward
     loss = model(x, y)[1]
     loss.backward()
     assert model.wte.weight.grad is not None and model.wte.weight.grad.abs().sum() > 0
-    y2 = y.clone()
-    y2[:, :-1] = (y2[:, :-1] + 1) % V  # targets the loss must ignore
-    assert model(x, y2)[1].item() == pytest.approx(loss.item(), rel=1e-12)
+    # targets outside the trained positions change nothing; all-valid targets would cost
+    # one prefix forward per position and give another loss
+    y_all = w[:, 1:]
+    assert model(x, y_all)[1].item() != pytest.approx(loss.item(), rel=1e-6)
+    y_all2 = y_all.clone()
+    y_all2[:, :-1] = IGNORE_INDEX
+    assert model(x, y_all2)[1].item() == pytest.approx(loss.item(), rel=1e-12)
+
+
+def test_addition_bidirectional_needs_whole_problems_per_window() -> None:
+    base = ["data.source=addition", "model.mask=bidirectional"]
+    with pytest.raises(ConfigError, match=r"model\.block_size.*multiple of 13"):
+        Config.load(None, [*base, "model.block_size=24"])
+    assert Config.load(None, [*base, "model.block_size=26"]).model.block_size == 26
+    assert Config.load(None, ["data.source=addition", "model.block_size=24"])  # causal: any
 
 
 # ---- config: defaults unchanged, impossible combinations named -----------------------------

@@ -354,6 +354,13 @@ class Config:
                 "model.vocab_size",
                 f"data.source=addition has 13 characters; {m.vocab_size} is too few (use 16)",
             )
+            _require(
+                m.mask == "causal" or m.block_size % 13 == 0,
+                "model.block_size",
+                f"with model.mask=bidirectional and data.source=addition it must be a multiple "
+                f"of 13 (one problem is 13 characters) so that windows start at a problem; got "
+                f"{m.block_size}",
+            )
             _require(d.addition_train >= 1, "data.addition_train", "must be at least 1")
             _require(d.addition_val >= 1, "data.addition_val", "must be at least 1")
             _require(

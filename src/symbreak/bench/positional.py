@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from symbreak.config import Config
+from symbreak.data.loader import input_targets, loss_positions
 from symbreak.device import autocast, resolve_device, resolve_dtype
 from symbreak.model import GPT
 from symbreak.model.positional import POS_ENCODINGS
@@ -40,7 +41,9 @@ def bench_positional(
     T = base.model.block_size
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, min(base.model.vocab_size, 50257), (micro, T + 1), generator=gen)
-    x, y = x[:, :-1].to(dev), x[:, 1:].to(dev)
+    # the targets training would use (with the bidirectional mask: the last position only)
+    x, y = input_targets(x, loss_positions(T, base.model.mask, base.data.source))
+    x, y = x.to(dev), y.to(dev)
     models = {}
     for pe in POS_ENCODINGS:
         cfg = Config.load(None, [*overrides, f"model.pos_encoding={pe}"])

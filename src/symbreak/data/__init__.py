@@ -23,6 +23,7 @@ from symbreak.data.loader import (
     default_vocab_size,
     find_shards,
     load_data,
+    loss_positions,
     val_batches,
     val_window_indices,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "find_shards",
     "get_tokenizer",
     "load_data",
+    "loss_positions",
     "prepare_inputs",
     "prepare_texts",
     "read_shard",

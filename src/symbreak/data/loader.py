@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from symbreak.config import DataConfig
+from symbreak.data.addition import ANSWER, LINE, PROMPT, AdditionSpec, cached_addition
 from symbreak.data.addition import VOCAB as ADDITION_VOCAB
-from symbreak.data.addition import AdditionSpec, cached_addition
 from symbreak.data.corpus import (
     META_FILE,
     SHAKESPEARE_SOURCES,
@@ -38,6 +38,7 @@ from symbreak.data.tokenizer import (
     tokenizer_from_meta,
 )
 from symbreak.errors import DataError
+from symbreak.model.loss import IGNORE_INDEX
 from symbreak.seeding import keyed_seed
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -159,6 +160,7 @@ class TrainBatches:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        positions: torch.Tensor | None = None,
     ) -> None:
         if batch_size < 1 or micro_batch_size < 1:
             raise DataError(
@@ -178,6 +180,7 @@ class TrainBatches:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.positions = positions
         self._perms: dict[int, np.ndarray] = {}
 
     @property
@@ -212,12 +215,35 @@ class TrainBatches:
     def micro_batches(self, step: int) -> list[Batch]:
         """[(x, y)] * accum_steps for ``step``; x, y contiguous LongTensors (mbs, block_size)."""
         w = self.windows.get(self.window_indices(step))
-        return [_xy(chunk) for chunk in w.split(self.micro_batch_size)]
+        return [input_targets(chunk, self.positions) for chunk in w.split(self.micro_batch_size)]
 
 
-def _xy(w: torch.Tensor) -> Batch:
-    # contiguous so that callers may .view(-1) the targets
-    return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+def input_targets(w: torch.Tensor, positions: torch.Tensor | None = None) -> Batch:
+    """(x, y) of windows of block_size + 1 tokens; targets outside ``positions`` (see
+    :func:`loss_positions`) are ``IGNORE_INDEX``. Contiguous, so callers may ``.view(-1)``."""
+    x, y = w[:, :-1].contiguous(), w[:, 1:].contiguous()
+    if positions is not None:
+        y[:, ~positions] = IGNORE_INDEX
+    return x, y
+
+
+def loss_positions(block_size: int, mask: str, source: str) -> torch.Tensor | None:
+    """(block_size,) bool: the window positions whose targets are trained and validated, or
+    ``None`` for all of them (the causal mask).
+
+    With the bidirectional mask every trained position costs a forward over its own prefix
+    (:class:`~symbreak.model.GPT`), so only the positions worth it carry targets: the last
+    one for ordinary text, and for ``data.source=addition`` the four that predict answer
+    digits: position t predicts character t + 1, so t mod 13 in 7..10 (the problem's prompt
+    ``aaa+bbb=`` is characters 0..7; windows start at a problem when ``block_size`` is a
+    multiple of 13, which the config requires for this pair).
+    """
+    if mask == "causal":
+        return None
+    t = torch.arange(block_size)
+    if source == "addition":
+        return (t % LINE >= PROMPT - 1) & (t % LINE < PROMPT - 1 + ANSWER)
+    return t == block_size - 1
 
 
 EVAL_WINDOWS = ("spread", "first")
@@ -247,6 +273,7 @@ def val_batches(
     rank: int = 0,
     world_size: int = 1,
     how: str = "spread",
+    positions: torch.Tensor | None = None,
 ) -> list[Batch]:
     """A fixed held-out set (:func:`val_window_indices`), in order.
 
@@ -264,7 +291,7 @@ def val_batches(
     if idx.size == 0:
         return []
     w = windows.get(idx)
-    return [_xy(chunk) for chunk in w.split(micro_batch_size)]
+    return [input_targets(chunk, positions) for chunk in w.split(micro_batch_size)]
 
 
 def addition_spec(data: DataConfig) -> AdditionSpec:

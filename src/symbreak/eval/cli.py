@@ -266,8 +266,9 @@ def _describe(run: Run) -> str:
 
 def _validation(run: Run) -> dict[str, Any]:
     """Validation loss on the run's own held-out batches, next to the recorded one."""
-    from symbreak.data import addition_spec, load_data, val_batches
+    from symbreak.data import addition_spec, load_data, loss_positions, val_batches
     from symbreak.eval.val_loss import evaluate_loss
+    from symbreak.model.loss import IGNORE_INDEX
 
     cfg = run.cfg
     data = load_data(
@@ -278,10 +279,13 @@ def _validation(run: Run) -> dict[str, Any]:
         addition=addition_spec(cfg.data),
     )
     micro = cfg.train.micro_batch_size or cfg.train.batch_size
-    batches = val_batches(data.val, cfg.train.eval_tokens, micro, how=cfg.train.eval_windows)
+    positions = loss_positions(cfg.model.block_size, cfg.model.mask, cfg.data.source)
+    batches = val_batches(
+        data.val, cfg.train.eval_tokens, micro, how=cfg.train.eval_windows, positions=positions
+    )
     t0 = time.perf_counter()
     loss = evaluate_loss(run.model, batches, run.device)
-    tokens = sum(y.numel() for _, y in batches)
+    tokens = sum(int((y != IGNORE_INDEX).sum()) for _, y in batches)
     return {
         "val_loss": loss,
         "recorded_val_loss": run.recorded_val_loss,

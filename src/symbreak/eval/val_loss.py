@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from symbreak.model import GPT
+from symbreak.model.loss import IGNORE_INDEX
 
 
 @torch.no_grad()
@@ -17,7 +18,7 @@ def loss_sums(
     device: torch.device,
     ctx: contextlib.AbstractContextManager | None = None,
 ) -> torch.Tensor:
-    """``[sum of per-token cross-entropy, token count]`` (float64) over ``batches``.
+    """``[sum of per-token cross-entropy, target count]`` (float64) over ``batches``.
 
     Sums rather than a mean, so data-parallel ranks (whose shares of the held-out set may differ
     by a batch) can add theirs up before dividing. Runs in eval mode (biases at ``sb.eval``) and
@@ -31,8 +32,9 @@ def loss_sums(
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with ctx if ctx is not None else contextlib.nullcontext():
                 _, loss = model(x, y)
-            out[0] += loss.double() * y.numel()
-            out[1] += y.numel()
+            n = (y != IGNORE_INDEX).sum()  # the loss is a mean over the targets it uses
+            out[0] += loss.double() * n
+            out[1] += n
     finally:
         model.train(was_training)
     return out

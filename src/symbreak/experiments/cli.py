@@ -74,6 +74,25 @@ def register(subparsers: Any) -> None:
         help="add the puzzle suite (macro accuracy, answer cross-entropy), running "
         "`symbreak eval` on runs not yet evaluated at their latest checkpoint",
     )
+    p.add_argument(
+        "--task",
+        choices=("loss", "addition"),
+        default="loss",
+        help="loss (default): validation loss as above; addition: held-out exact match, steps "
+        "to --threshold and positional probes of data.source=addition runs (written to "
+        "SWEEP_DIR/report-addition/ by default)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.9,
+        help="--task addition: the exact match whose first step is reported (default 0.9)",
+    )
+    p.add_argument(
+        "--no-probes",
+        action="store_true",
+        help="--task addition: skip the permutation and position probes",
+    )
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="output directory")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
     p.set_defaults(func=cmd_report)
@@ -91,6 +110,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from symbreak.experiments.report import make_report
+
+    if args.task == "addition":
+        from symbreak.experiments.addition_report import make_addition_report
+
+        if args.eval or args.baseline or args.metric != "val_loss":
+            raise ExperimentError(
+                "--task addition takes none of --eval, --baseline, --metric (it reports exact "
+                "match, steps to --threshold and the probes)"
+            )
+        return make_addition_report(
+            args.runs,
+            out=args.out,
+            threshold=args.threshold,
+            probes=not args.no_probes,
+            plot_figures=not args.no_plot,
+        )
 
     return make_report(
         args.runs,

@@ -414,18 +414,18 @@ def make_report(
     figures = plot(data, col, out) if plot_figures else []
     text = markdown(data, figures)
     write_text_atomic(out / "report.md", text)
-    write_text_atomic(out / "report.json", json.dumps(_clean(data), indent=1) + "\n")
+    write_text_atomic(out / "report.json", json.dumps(json_safe(data), indent=1) + "\n")
     echo(text.rstrip())
     echo(f"\nwrote {out / 'report.md'}, report.json" + "".join(f", {f}" for f in figures))
     return 0
 
 
-def _clean(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
     """NaN/inf -> null, so the JSON is standard."""
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
+        return [json_safe(v) for v in x]
     return x

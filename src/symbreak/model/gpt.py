@@ -14,12 +14,13 @@ the attention sub-layer keeps its ``h +``, with ``mlp`` only the MLP, with ``non
 (``h_l = Attn_l(LN(h_{l-1}))`` etc.).
 
 Training targets. Causal: every position t predicts ``x_{t+1}`` from ``x_0..x_t`` (its
-context never contains its target). Bidirectional: position t < T-1 attends to ``x_{t+1}``,
-its own target, so only the *last* position of each window is trained: its context, the
-whole window ``x_0..x_{T-1}``, excludes its target ``x_T``. The trunk runs once per window as
-in the causal case and the output layer only at that position (no (B, T, V) logits); the
-price is intrinsic to next-token prediction without a mask: one target per window instead of
-T (a target earlier in the window would need its own forward over a shorter prefix).
+context never contains its target). Bidirectional: position t attends to ``x_{t+1}``, its own
+target, so a target can only be trained from a forward over its prefix ``x_0..x_t`` alone: each
+position t that has a target (not ``IGNORE_INDEX``) gets its own forward over ``x[:, :t+1]``,
+whose last hidden state predicts ``x_{t+1}``. The data decides which positions carry targets
+(:func:`symbreak.data.loss_positions`): for ordinary text only the last one, so the trunk runs
+once per window as in the causal case; for addition the 4 answer digits of each problem, 4
+prefix forwards per window. That price is intrinsic to next-token prediction without a mask.
 
 Initialisation is nanoGPT's: weights ~ N(0, 0.02), biases 0, and the two residual output
 projections of each block (attention ``c_proj``, MLP ``c_proj``) ~ N(0, 0.02 / sqrt(2 L)) so the
@@ -38,7 +39,7 @@ from torch import nn
 from symbreak.config import ModelConfig, SBConfig
 from symbreak.model.attention import SelfAttention
 from symbreak.model.bias import BiasSampler
-from symbreak.model.loss import linear_cross_entropy
+from symbreak.model.loss import IGNORE_INDEX, linear_cross_entropy
 from symbreak.model.mlp import MLP
 from symbreak.model.positional import sinusoidal_table
 
@@ -99,17 +100,26 @@ class GPT(nn.Module):
         """``idx``: (B, T) token ids.
 
         Without ``targets``: ``(logits (B, T, V), None)``. With ``targets`` (B, T):
-        ``(None, mean cross-entropy)``, computed by the fused path of ``loss.py`` over the
-        positions :meth:`target_mask` selects (all of them for the causal mask, the last one for
-        the bidirectional mask: see the module docstring).
+        ``(None, mean cross-entropy)`` over the targets that are not ``IGNORE_INDEX``, computed
+        by the fused path of ``loss.py``. With the bidirectional mask each such position is
+        predicted from its own prefix (see the module docstring).
         """
+        if targets is not None and self.cfg.mask == "bidirectional":
+            return None, self._prefix_loss(idx, targets)
         x = self.hidden(idx)
         if targets is None:
             return self.output(x), None
-        if self.cfg.mask == "bidirectional":
-            x, targets = x[:, -1:], targets[:, -1:]
         # Training and validation need only the loss: fused, chunked, no (B, T, V) logits.
         return None, linear_cross_entropy(x, self.wte.weight, targets)
+
+    def _prefix_loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Bidirectional loss: ``CE(LN_f(h_L(x_0..x_t))_t W^T, y_t)`` for every position t with
+        a target, one trunk forward per such t (so no target is ever in its own context)."""
+        cols = torch.nonzero((targets != IGNORE_INDEX).any(0)).flatten().tolist()
+        if not cols:
+            cols = [idx.shape[1] - 1]  # all ignored: the loss is 0 over 0 targets, as causal
+        h = torch.stack([self.hidden(idx[:, : t + 1])[:, -1] for t in cols], dim=1)
+        return linear_cross_entropy(h, self.wte.weight, targets[:, cols].contiguous())
 
     def hidden(self, idx: torch.Tensor) -> torch.Tensor:
         """The trunk: ``LN_f(h_L)``, (B, T, C), everything before the output layer."""
@@ -125,12 +135,6 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.ln_f(x)
-
-    def target_mask(self, T: int) -> torch.Tensor:
-        """(T,) bool: which positions of a length-T window the training loss uses."""
-        if self.cfg.mask == "causal":
-            return torch.ones(T, dtype=torch.bool)
-        return torch.arange(T) == T - 1
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
         """Logits ``h wte^T`` (tied embeddings) for hidden states ``h`` (..., C); scoring calls

@@ -42,6 +42,7 @@ from symbreak.data import (
     TrainBatches,
     addition_spec,
     load_data,
+    loss_positions,
     val_batches,
     val_window_indices,
 )
@@ -319,6 +320,7 @@ class Trainer:
 
             init_model_from(model, cfg.model.init_from)
         optimizer = build_optimizer(model, cfg.optim, seed=t.seed)
+        positions = loss_positions(cfg.model.block_size, cfg.model.mask, cfg.data.source)
         batches = TrainBatches(
             data.train,
             t.batch_size,
@@ -326,9 +328,16 @@ class Trainer:
             seed=t.seed,
             rank=env.rank,
             world_size=env.world_size,
+            positions=positions,
         )
         held_out = val_batches(
-            data.val, t.eval_tokens, self.micro, env.rank, env.world_size, how=t.eval_windows
+            data.val,
+            t.eval_tokens,
+            self.micro,
+            env.rank,
+            env.world_size,
+            how=t.eval_windows,
+            positions=positions,
         )
         val_set = held_out_set(data.val, t.eval_tokens, t.eval_windows)
         if resumed is not None:
@@ -376,8 +385,21 @@ class Trainer:
             total, count = env.all_reduce(loss_sums(model, held_out, self.device, ctx)).tolist()
             return total / max(count, 1.0)
 
+        def addition_exact_match() -> dict[str, float]:
+            # Addition runs also log greedy exact match on the held-out problems at every
+            # evaluation, so convergence (steps to 90%) is read off metrics.csv; every rank
+            # computes the same deterministic number, rank 0 writes it.
+            if cfg.data.source != "addition":
+                return {}
+            from symbreak.eval.addition import evaluate_addition
+
+            with ctx:
+                r = evaluate_addition(model, cfg, n_problems=min(cfg.data.addition_val, 1000))
+            return {"exact_match": r["exact_match"]["mean"]}
+
         main = env.is_main
         extra = ["frozen_steps"] if hasattr(optimizer, "frozen_steps") else []
+        extra_eval = ["exact_match"] if cfg.data.source == "addition" else []
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         loggers = build_loggers(cfg, self.run_dir) if main else []  # may fail: before writing
@@ -386,7 +408,7 @@ class Trainer:
         metrics = (
             MetricsWriter(
                 self.run_dir / "metrics.csv",
-                extra,
+                extra + extra_eval,
                 resume_step=state["step"] if resumed else None,
                 fresh=resumed is None,
             )
@@ -415,6 +437,7 @@ class Trainer:
                     lr=lr_at(0, cfg.optim, self.total),
                     elapsed_s=0.0,
                     **{k: 0 for k in extra},
+                    **addition_exact_match(),
                 )
         start_step = state["step"]
         start = time.perf_counter()
@@ -521,6 +544,7 @@ class Trainer:
                         tok_per_s=tok_s,
                         elapsed_s=elapsed(),
                         **{k: getattr(optimizer, k) for k in extra},
+                        **(addition_exact_match() if is_eval else {}),
                     )
                     if metrics:
                         metrics.write(**row)

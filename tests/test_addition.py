@@ -93,6 +93,11 @@ class Oracle(torch.nn.Module):
     def hidden(self, x: torch.Tensor) -> torch.Tensor:  # every position "holds" the prefix
         return x[:, None, :].expand(-1, x.shape[1], -1)
 
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """(B, T, 16) logits; only the last position's are meaningful (all greedy reads)."""
+        last = self.output(self.hidden(x)[:, -1])
+        return last[:, None, :].expand(-1, x.shape[1], -1), None
+
     def output(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(x.shape[0], 16)
         for r, row in enumerate(x.tolist()):

@@ -155,6 +155,7 @@ def test_ddp_over_nccl_two_gpus(tmp_path) -> None:
             "train.name=ddp", f"data.cache_dir={tmp_path / 'c'}"]  # fmt: skip
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "symbreak", "train", *args], capture_output=True, text=True, timeout=300)  # fmt: skip
+         "-m", "symbreak", "train", *args],
+        capture_output=True, text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert "x 2 processes" in out.stdout

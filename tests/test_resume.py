@@ -239,3 +239,13 @@ def test_runs_from_before_eval_windows_keep_their_first_windows(tmp_path, cache_
     assert stored["train"]["eval_windows"] == "first"
     fresh = run(tmp_path, cache_dir, "fresh", "train.max_steps=4", "train.eval_windows=first")
     assert summary.final_val_loss == fresh.final_val_loss
+
+
+def test_a_checkpoint_without_its_latest_pointer_is_still_resumed(tmp_path, cache_dir):
+    """Killed between renaming a first checkpoint into place and writing `latest`: the next
+    run resumes from the newest complete step directory instead of starting over."""
+    run(tmp_path, cache_dir, "r", "train.max_steps=4", "train.checkpoint_every=2",
+        "train.keep_checkpoints=0")  # fmt: skip
+    (tmp_path / "r" / "checkpoints" / "latest").unlink()
+    summary = run(tmp_path, cache_dir, "r", "train.max_steps=6", "train.checkpoint_every=2")
+    assert summary.resumed_from == 4 and summary.steps == 6

@@ -157,6 +157,9 @@ class TrainConfig:
     wandb: bool = False
     threads: int = 0  # torch CPU threads per process; 0: torch's default
     log_noether: bool = False  # noether.csv: attention rotation charges at every log step
+    # ddp: every rank holds the whole model; fsdp: parameters, gradients and optimizer state
+    # sharded over the ranks (FSDP2), for models that do not fit one device
+    parallel: str = _choices("ddp", "fsdp", default="ddp")
 
 
 SECTIONS: dict[str, type] = {
@@ -347,6 +350,19 @@ class Config:
             f"'{t.device}' is not auto, cpu, cuda or cuda:N",
         )
         _require(bool(t.name) and "/" not in t.name, "train.name", "must be a plain directory name")
+        if t.parallel == "fsdp":
+            _require(
+                self.optim.name != "soap",
+                "train.parallel",
+                "fsdp cannot shard SOAP (its preconditioners need whole matrices); use "
+                "train.parallel=ddp with SOAP",
+            )
+            _require(
+                not t.log_noether,
+                "train.parallel",
+                "fsdp does not log Noether charges (they need whole W_Q/W_K); use "
+                "train.parallel=ddp with train.log_noether=true",
+            )
         d = self.data
         if d.source == "addition":
             _require(

@@ -52,8 +52,8 @@ def greedy_answers(
         for chunk in prompts.split(batch_size):
             x = chunk.to(device)
             for _ in range(n_new):
-                h = model.hidden(x)[:, -1]  # type: ignore[operator]
-                logits = model.output(h)[:, :VOCAB]  # type: ignore[operator]
+                # through forward (13-id logits are cheap), so a sharded model gathers its weights
+                logits = model(x)[0][:, -1, :VOCAB]
                 x = torch.cat([x, logits.argmax(-1, keepdim=True)], dim=1)
             out.append(x[:, -n_new:].cpu())
     finally:

@@ -24,6 +24,13 @@ Each step, only if ``V - F0 > eps2`` (otherwise the step is *frozen*: nothing mo
    ``P2 <- pi^2``. (With ``nu = 0``, step 4 is ``p <- p`` and no noise is drawn.)
 
 After step 4 ``|p| = pi``, so the next step's ``c`` rescales the momentum to norm 1.
+
+Sharded parameters (FSDP2 ``DTensor``s, ``train.parallel=fsdp``): the update runs on each rank's
+local shards, and every global quantity above (``|g|^2``, ``<p, G>``, ``|p|^2``,
+``|theta|^2``, the norm after the noise) is a sum of the ranks' partial sums (one all-reduce
+each); ``D`` counts the whole parameters. The noise ``z`` is drawn whole (D numbers, the same
+stream on every rank, as one process draws it) and each rank takes its shards' entries, so a
+sharded run follows the single-process one up to the order of floating-point sums.
 """
 
 import math
@@ -54,9 +61,24 @@ class _Chunk:
     weight_decay: float
     device: torch.device
     dtype: torch.dtype
-    params: list[Tensor] = field(default_factory=list)
+    params: list[Tensor] = field(default_factory=list)  # local shards when sharded
     grads: list[Tensor] = field(default_factory=list)
     momenta: list[Tensor] = field(default_factory=list)
+    owners: list[Tensor] = field(default_factory=list)  # the parameters themselves (DTensors)
+
+
+def _local(t: Tensor) -> Tensor:
+    """A DTensor's local shard (sharing its storage), or the tensor itself."""
+    return t.to_local() if hasattr(t, "device_mesh") else t
+
+
+def _sharding_group(chunks: list["_Chunk"]) -> Any:
+    """The process group of sharded (DTensor) parameters, or None when nothing is sharded."""
+    for ch in chunks:
+        for p in ch.owners:
+            if hasattr(p, "device_mesh"):
+                return p.device_mesh.get_group()
+    return None
 
 
 def _dots(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
@@ -64,6 +86,29 @@ def _dots(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
     return torch.stack(
         [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys, strict=True)]
     )
+
+
+def _like(p: Tensor, local: Tensor) -> Tensor:
+    """State for parameter ``p`` from its local values: a DTensor sharded as ``p`` (sharing
+    ``local``'s storage) when ``p`` is one, else ``local`` itself."""
+    if not hasattr(p, "device_mesh"):
+        return local
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(
+        local, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride()
+    )
+
+
+def _shard_of(full: Tensor, p: Tensor) -> Tensor:
+    """This rank's part of ``full`` (shaped like the whole parameter ``p``), as ``p`` is cut."""
+    if not hasattr(p, "device_mesh"):
+        return full
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+    index = tuple(slice(o, o + n) for o, n in zip(offset, shape, strict=True))
+    return full[index]
 
 
 class ECD(Optimizer):
@@ -174,6 +219,7 @@ class ECD(Optimizer):
             "frozen_steps": 0,
         }
         self._warned_frozen = False
+        self._group: Any = None  # process group of sharded parameters, set per step
         super().__init__(params, defaults)
 
     # ----------------------------------------------------------------------------- validation
@@ -355,9 +401,18 @@ class ECD(Optimizer):
                     chunk = _Chunk(float(group["lr"]), float(group["weight_decay"]), *key)
                     by_key[key] = chunk
                     chunks.append(chunk)
-                chunk.params.append(p)
-                chunk.grads.append(p.grad)
+                chunk.params.append(_local(p))
+                chunk.grads.append(_local(p.grad))
+                chunk.owners.append(p)
         return chunks
+
+    def _allreduce(self, t: Tensor) -> Tensor:
+        """Sum of the ranks' partial sums when the parameters are sharded; else ``t``."""
+        if self._group is not None:
+            import torch.distributed as dist
+
+            dist.all_reduce(t, group=self._group)
+        return t
 
     @staticmethod
     def _sqnorm(tensors: list[Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -372,6 +427,7 @@ class ECD(Optimizer):
         chunks = self._gather()
         if not chunks:
             return None  # no parameter has a gradient: nothing to do (as torch optimizers do)
+        self._group = _sharding_group(chunks)
         st = self._ecd
         st["step"] += 1
 
@@ -389,12 +445,16 @@ class ECD(Optimizer):
             V = here(loss.detach().reshape(()))
         else:
             V = torch.tensor(float(loss), device=dev, dtype=sdtype)
-        for ch in chunks:
-            if ch.weight_decay != 0.0:
-                V = V + 0.5 * ch.weight_decay * self._sqnorm(ch.params, dev, sdtype)
+        if any(ch.weight_decay != 0.0 for ch in chunks):
+            wd = V.new_zeros(())
+            for ch in chunks:
+                if ch.weight_decay != 0.0:
+                    wd = wd + 0.5 * ch.weight_decay * self._sqnorm(ch.params, dev, sdtype)
+            V = V + self._allreduce(wd)
         init = not st["initialised"]
         if init:  # |g|^2 for p = -g/|g|
             second = sum((self._sqnorm(ch.grads, dev, sdtype) for ch in chunks), V.new_zeros(()))
+            second = self._allreduce(second)
         else:
             second = here(st["P2"])
         # The one host synchronisation of the step.
@@ -420,7 +480,7 @@ class ECD(Optimizer):
                 )
             return None
 
-        D = sum(p.numel() for ch in chunks for p in ch.params)
+        D = sum(p.numel() for ch in chunks for p in ch.owners)  # whole parameters, not shards
         if D < 2:
             raise TrainingError(f"ECD needs at least 2 scalar parameters with gradients, got {D}")
         st["D"] = D
@@ -435,18 +495,19 @@ class ECD(Optimizer):
             gnorm = math.sqrt(second_h)
             for ch in chunks:
                 ch.momenta = torch._foreach_div(ch.grads, -gnorm)
-                for p, m in zip(ch.params, ch.momenta, strict=True):
-                    self.state[p]["momentum"] = m
+                for p, m in zip(ch.owners, ch.momenta, strict=True):
+                    self.state[p]["momentum"] = _like(p, m)
             st["initialised"] = True
             P2_h = 1.0
         else:
             P2_h = second_h
             for ch in chunks:
-                for p in ch.params:
+                for p, local in zip(ch.owners, ch.params, strict=True):
                     pst = self.state[p]
                     if "momentum" not in pst:  # first gradient after the first step
-                        pst["momentum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    ch.momenta.append(pst["momentum"])
+                        zeros = torch.zeros_like(local, memory_format=torch.preserve_format)
+                        pst["momentum"] = _like(p, zeros)
+                    ch.momenta.append(_local(pst["momentum"]))
 
         # 1. c = 1/sqrt(P2) (1 if |1 - P2| < eps1 or cons_en is off); folded into step 2.
         c = 1.0
@@ -462,7 +523,7 @@ class ECD(Optimizer):
             d = _dots(ch.momenta, ch.grads)
             if ch.weight_decay != 0.0:
                 d = d + ch.weight_decay * _dots(ch.momenta, ch.params)
-            dots.append(d)
+            dots.append(self._allreduce(d))
         d_all = sum((here(d.sum()) for d in dots), V.new_zeros(()))  # used if "global"
         dts = []
         for ch, d in zip(chunks, dots, strict=True):
@@ -481,6 +542,7 @@ class ECD(Optimizer):
 
         # 3. pi = |p|; theta <- theta + dt p.
         pi2 = sum((self._sqnorm(ch.momenta, dev, sdtype) for ch in chunks), V.new_zeros(()))
+        pi2 = self._allreduce(pi2)
         for ch, dt in zip(chunks, dts, strict=True):
             torch._foreach_add_(ch.params, ch.momenta, alpha=dt)
 
@@ -490,15 +552,22 @@ class ECD(Optimizer):
             pi = pi2.sqrt()
             nu_p = nu / math.sqrt(D)
             buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+            owners: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
             for ch in chunks:
                 buckets.setdefault((ch.device, ch.dtype), []).extend(ch.momenta)
+                owners.setdefault((ch.device, ch.dtype), []).extend(ch.owners)
             for (bdev, bdtype), ms in buckets.items():
-                sizes = [m.numel() for m in ms]
+                whole = owners[(bdev, bdtype)]
+                sizes = [p.numel() for p in whole]
                 z = self._noise(sum(sizes), bdev, bdtype)
-                zs = [zi.view(m.shape) for zi, m in zip(z.split(sizes), ms, strict=True)]
+                zs = [
+                    _shard_of(zi.view(p.shape), p)
+                    for zi, p in zip(z.split(sizes), whole, strict=True)
+                ]
                 torch._foreach_div_(ms, pi.to(bdev))
                 torch._foreach_add_(ms, zs, alpha=nu_p)
             r2 = sum((self._sqnorm(ms, dev, sdtype) for ms in buckets.values()), V.new_zeros(()))
+            r2 = self._allreduce(r2)
             scale = pi / r2.sqrt()
             for (bdev, _), ms in buckets.items():
                 torch._foreach_mul_(ms, scale.to(bdev))

@@ -24,6 +24,7 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,13 @@ def save_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     state: dict[str, Any],
+    model_state: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically and point ``latest`` at it. Returns its directory."""
+    """Write checkpoint ``step`` atomically and point ``latest`` at it. Returns its directory.
+
+    ``model_state`` / ``optimizer_state``, when given, are written instead of the modules' own
+    state dicts (a sharded run passes the gathered ones: :mod:`symbreak.train.fsdp`)."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
@@ -107,9 +113,11 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        _save_tensors(_plain(model.state_dict()), tmp / "model.safetensors")
+        msd = model.state_dict() if model_state is None else model_state
+        _save_tensors(_plain(msd), tmp / "model.safetensors")
         opt_tensors: dict[str, torch.Tensor] = {}
-        opt_tree = encode_tree(optimizer.state_dict(), opt_tensors) if optimizer else None
+        osd = optimizer.state_dict() if optimizer and optimizer_state is None else optimizer_state
+        opt_tree = encode_tree(osd, opt_tensors) if osd is not None else None
         _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
         meta = {"format_version": FORMAT_VERSION, "step": step, **state, "optimizer": opt_tree}
         (tmp / "state.json").write_text(json.dumps(meta, indent=1, allow_nan=True) + "\n")
@@ -187,6 +195,20 @@ def resolve_checkpoint(run_dir: Path, which: str = LATEST) -> Path:
     return path
 
 
+def newest_complete_checkpoint(run_dir: Path) -> Path | None:
+    """The newest ``step_*`` directory holding every checkpoint file, or None. For a run killed
+    between renaming its first checkpoint into place and writing ``latest``."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = [
+        p
+        for p in root.glob("step_*")
+        if p.is_dir() and all((p / name).is_file() for name in CHECKPOINT_FILES)
+    ]
+    return max(done, key=lambda p: p.name) if done else None
+
+
 def read_state(ckpt: Path) -> dict[str, Any]:
     try:
         state = json.loads((ckpt / "state.json").read_text())
@@ -235,9 +257,16 @@ def load_model_weights(model: torch.nn.Module, ckpt: Path) -> None:
     model.load_state_dict(sd, strict=True)
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, ckpt: Path, state: dict) -> None:
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer,
+    ckpt: Path,
+    state: dict,
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> None:
+    """Load ``optimizer.safetensors``; ``prepare`` adapts the state dict first (sharding)."""
     tensors = read_tensors(ckpt / "optimizer.safetensors")
-    optimizer.load_state_dict(decode_tree(state["optimizer"], tensors))
+    sd = decode_tree(state["optimizer"], tensors)
+    optimizer.load_state_dict(prepare(sd) if prepare else sd)
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:

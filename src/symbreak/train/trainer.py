@@ -56,12 +56,21 @@ from symbreak.train.checkpoint import (
     LATEST,
     load_model_weights,
     load_optimizer_state,
+    newest_complete_checkpoint,
     prune_checkpoints,
     read_state,
     resolve_checkpoint,
     save_checkpoint,
 )
 from symbreak.train.distributed import DistEnv, init_distributed
+from symbreak.train.fsdp import (
+    full_model_state,
+    full_optimizer_state,
+    is_sharded,
+    local_state_bytes,
+    shard_model,
+    shard_optimizer_state,
+)
 from symbreak.train.lock import RunLockedError, read_holder, run_lock
 from symbreak.train.loggers import build_loggers
 from symbreak.train.metrics import MetricsWriter
@@ -236,9 +245,12 @@ class Trainer:
 
     def _resume_point(self) -> tuple[Path | None, dict | None]:
         """The checkpoint to resume from (checked for compatibility), or (None, None)."""
-        if not (self.run_dir / "checkpoints" / LATEST).exists():
-            return None, None
-        ckpt = resolve_checkpoint(self.run_dir)
+        if (self.run_dir / "checkpoints" / LATEST).exists():
+            ckpt = resolve_checkpoint(self.run_dir)
+        else:  # killed between a first checkpoint's rename and its `latest` pointer
+            ckpt = newest_complete_checkpoint(self.run_dir)
+            if ckpt is None:
+                return None, None
         state = read_state(ckpt)
         if self.cfg.train.resume == "never":
             raise ConfigError(
@@ -319,6 +331,11 @@ class Trainer:
             from symbreak.integrations.init_from import init_model_from
 
             init_model_from(model, cfg.model.init_from)
+        if resumed is not None:  # whole weights, before any sharding
+            load_model_weights(model, ckpt)
+        fsdp = t.parallel == "fsdp" and env.enabled
+        if fsdp:
+            shard_model(model)
         optimizer = build_optimizer(model, cfg.optim, seed=t.seed)
         positions = loss_positions(cfg.model.block_size, cfg.model.mask, cfg.data.source)
         batches = TrainBatches(
@@ -330,12 +347,15 @@ class Trainer:
             world_size=env.world_size,
             positions=positions,
         )
+        # FSDP: an FSDP forward is a collective, so every rank runs the whole held-out set
+        # (ranks with unequal shares would deadlock); DDP splits it over the ranks.
+        eval_rank, eval_world = (0, 1) if fsdp else (env.rank, env.world_size)
         held_out = val_batches(
             data.val,
             t.eval_tokens,
             self.micro,
-            env.rank,
-            env.world_size,
+            eval_rank,
+            eval_world,
             how=t.eval_windows,
             positions=positions,
         )
@@ -354,8 +374,12 @@ class Trainer:
             "val_set": val_set.fingerprint(),
         }
         if resumed is not None:
-            load_model_weights(model, ckpt)
-            load_optimizer_state(optimizer, ckpt, resumed)
+            load_optimizer_state(
+                optimizer,
+                ckpt,
+                resumed,
+                prepare=(lambda sd: shard_optimizer_state(optimizer, sd)) if fsdp else None,
+            )
             torch.set_rng_state(torch.tensor(resumed["rng"]["torch"], dtype=torch.uint8))
             if self.device.type == "cuda" and resumed["rng"].get("cuda"):
                 torch.cuda.set_rng_state(torch.tensor(resumed["rng"]["cuda"], dtype=torch.uint8))
@@ -377,12 +401,13 @@ class Trainer:
             state["val_step"] = resumed.get("val_step", resumed["step"])
             state["elapsed_s"] = float(resumed.get("elapsed_s", 0.0))
 
-        wrapped = DistributedDataParallel(model) if env.enabled else model
+        wrapped = DistributedDataParallel(model) if env.enabled and not fsdp else model
         step_model = torch.compile(wrapped) if t.compile else wrapped
         ctx = autocast(self.device, self.dtype)
 
         def validate() -> float:
-            total, count = env.all_reduce(loss_sums(model, held_out, self.device, ctx)).tolist()
+            sums = loss_sums(model, held_out, self.device, ctx)
+            total, count = (sums if fsdp else env.all_reduce(sums)).tolist()
             return total / max(count, 1.0)
 
         def addition_exact_match() -> dict[str, float]:
@@ -467,9 +492,12 @@ class Trainer:
                 for i, (x, y) in enumerate(mbs):
                     x = x.to(self.device, non_blocking=True)
                     y = y.to(self.device, non_blocking=True)
+                    last = i == len(mbs) - 1
+                    if fsdp:  # reduce-scatter the gradients once, after the last micro-batch
+                        model.set_requires_gradient_sync(last)  # type: ignore[operator]
                     sync = (
                         wrapped.no_sync()
-                        if env.enabled and i < len(mbs) - 1
+                        if env.enabled and not fsdp and not last
                         else contextlib.nullcontext()
                     )
                     with sync:
@@ -577,6 +605,8 @@ class Trainer:
             for lg in loggers:
                 lg.close()
         model.unpin_biases()
+        if fsdp:
+            self.notes.append(_fsdp_memory_note(model, optimizer, env))
         return self._summary(
             model,
             state,
@@ -588,7 +618,14 @@ class Trainer:
         )
 
     def _checkpoint(self, model: GPT, optimizer: torch.optim.Optimizer, state: dict) -> None:
-        """Rank 0 writes; everyone waits, so no rank runs ahead of a checkpoint being written."""
+        """Rank 0 writes; everyone waits, so no rank runs ahead of a checkpoint being written.
+        A sharded model is gathered first, by every rank (a collective)."""
+        gathered: dict[str, Any] = {}
+        if is_sharded(model):
+            gathered = {
+                "model_state": full_model_state(model),
+                "optimizer_state": full_optimizer_state(optimizer),
+            }
         if self.env.is_main:
             step = state["step"]
             rng = {"torch": torch.get_rng_state().tolist()}
@@ -604,7 +641,7 @@ class Trainer:
             }
             payload.pop("step")
             try:
-                save_checkpoint(self.run_dir, step, model, optimizer, payload)
+                save_checkpoint(self.run_dir, step, model, optimizer, payload, **gathered)
             except OSError as e:
                 previous = (
                     "the previous checkpoint is intact: free space and run the same command to "
@@ -619,6 +656,20 @@ class Trainer:
             self.checkpoints_written += 1
             prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)
         self.env.barrier()
+
+
+def _fsdp_memory_note(model: GPT, optimizer: torch.optim.Optimizer, env: DistEnv) -> str:
+    """Per-rank parameter + optimizer-state bytes (and peak RSS) of a sharded run, rank 0's."""
+    import resource
+
+    mine = local_state_bytes(model, optimizer)
+    total = torch.tensor([float(mine)], device=env.device)
+    env.all_reduce(total)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return (
+        f"fsdp: parameters + optimizer state {mine / 2**20:.2f} MiB on rank 0 of "
+        f"{total.item() / 2**20:.2f} MiB over {env.world_size} ranks; peak RSS {rss:.0f} MiB"
+    )
 
 
 def _check_compatible(stored: Config, new: Config, ckpt: Path) -> None:

@@ -45,27 +45,30 @@ def is_sharded(model: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def _full(x: Any) -> Any:
-    """DTensors (at any depth of dicts and lists) gathered to full tensors; a collective."""
+def _full(x: Any, keep: bool) -> Any:
+    """DTensors (at any depth of dicts and lists) gathered to full tensors; a collective. With
+    ``keep=False`` each gathered tensor is dropped at once (None in its place): the ranks that
+    do not write join the collectives without ever holding more than one full tensor."""
     from torch.distributed.tensor import DTensor
 
     if isinstance(x, DTensor):
-        return x.full_tensor()
+        full = x.full_tensor()
+        return full if keep else None
     if isinstance(x, dict):
-        return {k: _full(v) for k, v in x.items()}
+        return {k: _full(v, keep) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return type(x)(_full(v) for v in x)
+        return type(x)(_full(v, keep) for v in x)
     return x
 
 
-def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def full_model_state(model: nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
     """The model's state dict with every shard gathered. Every rank must call it."""
-    return _full(model.state_dict())
+    return _full(model.state_dict(), keep)
 
 
-def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def full_optimizer_state(optimizer: torch.optim.Optimizer, keep: bool = True) -> dict[str, Any]:
     """The optimizer's state dict with every sharded tensor gathered. Every rank must call it."""
-    return _full(optimizer.state_dict())
+    return _full(optimizer.state_dict(), keep)
 
 
 def shard_optimizer_state(optimizer: torch.optim.Optimizer, sd: dict[str, Any]) -> dict[str, Any]:

@@ -622,9 +622,10 @@ class Trainer:
         A sharded model is gathered first, by every rank (a collective)."""
         gathered: dict[str, Any] = {}
         if is_sharded(model):
+            keep = self.env.is_main  # only the writer holds the full copy
             gathered = {
-                "model_state": full_model_state(model),
-                "optimizer_state": full_optimizer_state(optimizer),
+                "model_state": full_model_state(model, keep),
+                "optimizer_state": full_optimizer_state(optimizer, keep),
             }
         if self.env.is_main:
             step = state["step"]
@@ -665,10 +666,13 @@ def _fsdp_memory_note(model: GPT, optimizer: torch.optim.Optimizer, env: DistEnv
     mine = local_state_bytes(model, optimizer)
     total = torch.tensor([float(mine)], device=env.device)
     env.all_reduce(total)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+    others = torch.tensor([0.0 if env.is_main else rss], device=env.device)
+    env.all_reduce(others, op="max")
     return (
         f"fsdp: parameters + optimizer state {mine / 2**20:.2f} MiB on rank 0 of "
-        f"{total.item() / 2**20:.2f} MiB over {env.world_size} ranks; peak RSS {rss:.0f} MiB"
+        f"{total.item() / 2**20:.2f} MiB over {env.world_size} ranks; peak RSS {rss:.0f} MiB "
+        f"on rank 0 (it gathers the checkpoints), at most {others.item():.0f} MiB on the others"
     )
 
 

@@ -43,6 +43,8 @@ def test_report_has_every_key(result: dict) -> None:
 
 def test_ratios_are_ratios_of_the_reported_medians(result: dict) -> None:
     adamw = result["adamw_step_ms"]
+    # torch's foreach AdamW is timed beside symbreak's fused one, the fair baseline
+    assert result["adamw_fused_over_foreach"] == adamw / result["adamw_foreach_step_ms"]
     for name in ("sgdm", "soap", "ecd"):
         assert result[f"{name}_over_adamw"] == result[f"{name}_step_ms"] / adamw
         stats = result["step_ms"][name]

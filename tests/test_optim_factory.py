@@ -166,3 +166,23 @@ def test_schedules():
     assert _lr("wsd", 90) == pytest.approx(0.5) and _lr("wsd", 99) == pytest.approx(0.05)
     lrs = [_lr("cosine", s, warmup_steps=5) for s in range(100)]
     assert max(lrs) == 1.0 and all(v > 0 for v in lrs)
+
+
+def test_adamw_uses_the_fused_kernel_on_cpu_and_matches_the_foreach_path() -> None:
+    (fused_model, cfg), (ref_model, _) = (
+        tiny_model(**{"optim.name": "adamw", "optim.lr": "1e-2"}) for _ in range(2)
+    )
+    fused = build_optimizer(fused_model, cfg.optim)
+    assert fused.defaults["fused"] is True
+    o = cfg.optim
+    ref = torch.optim.AdamW(param_groups(ref_model, o.weight_decay, o.decay_all), lr=o.lr,
+                            betas=tuple(o.betas), eps=o.eps, foreach=True)  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(p.shape, generator=gen) for p in fused_model.parameters()]
+    for model, opt in ((fused_model, fused), (ref_model, ref)):
+        for _ in range(3):
+            for p, g in zip(model.parameters(), grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(fused_model.parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

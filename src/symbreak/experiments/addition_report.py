@@ -29,17 +29,15 @@ panel per combination of the non-positional axes, seed mean and min-max) into ``
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from symbreak.atomic import write_text_atomic
 from symbreak.errors import ExperimentError
 from symbreak.experiments.collect import Collection, Record, collect
-from symbreak.experiments.report import json_safe
+from symbreak.experiments.report import write_report
 from symbreak.train.metrics import read_metrics
 
 PROBE_PREFIX = 8  # "aaa+bbb=": its last position predicts the first answer digit
@@ -293,9 +291,5 @@ def make_addition_report(
         out = (col.sweep_dir or Path(paths[0]).resolve().parent) / "report-addition"
     out.mkdir(parents=True, exist_ok=True)
     figures = plot(data, out) if plot_figures else []
-    text = markdown(data, figures)
-    write_text_atomic(out / "report.md", text)
-    write_text_atomic(out / "report.json", json.dumps(json_safe(data), indent=1) + "\n")
-    echo(text.rstrip())
-    echo(f"\nwrote {out / 'report.md'}, report.json" + "".join(f", {f}" for f in figures))
+    write_report(out, markdown(data, figures), data, figures, echo)
     return 0

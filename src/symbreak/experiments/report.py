@@ -412,12 +412,18 @@ def make_report(
     out = out or default_out(col, paths)
     out.mkdir(parents=True, exist_ok=True)
     figures = plot(data, col, out) if plot_figures else []
-    text = markdown(data, figures)
+    write_report(out, markdown(data, figures), data, figures, echo)
+    return 0
+
+
+def write_report(
+    out: Path, text: str, data: dict[str, Any], figures: list[str], echo: Callable[[str], None]
+) -> None:
+    """report.md and report.json (atomically) into ``out``, and the text on the terminal."""
     write_text_atomic(out / "report.md", text)
     write_text_atomic(out / "report.json", json.dumps(json_safe(data), indent=1) + "\n")
     echo(text.rstrip())
     echo(f"\nwrote {out / 'report.md'}, report.json" + "".join(f", {f}" for f in figures))
-    return 0
 
 
 def json_safe(x: Any) -> Any:

@@ -80,6 +80,10 @@ def run_local(
     """Train ``cells`` with at most ``jobs`` children at once; return the names that failed."""
     procs = grid.procs_per_cell
     threads = default_threads(jobs, procs)
+    # a train.threads set in the grid (or on the command line) wins over the even split
+    configured = {c.config.train.threads for c in cells} - {0}
+    if len(configured) == 1:
+        threads = configured.pop()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     queue = list(cells)
     running: dict[str, tuple[subprocess.Popen, Cell, object]] = {}

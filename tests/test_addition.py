@@ -143,6 +143,11 @@ def test_eval_cli_on_an_addition_run(tmp_path: Path, capsys) -> None:
     (run / "config.toml").write_text(cfg.to_toml())
     save_checkpoint(run, 1, GPT(cfg.model, cfg.sb), None, {"config": cfg.to_dict()})
     assert main(["eval", str(run), "--task", "addition", "--problems", "10"]) == 0
+    outdir = tmp_path / "out"
+    outdir.mkdir()  # an existing directory: the checkpoint's file name inside it
+    assert main(["eval", str(run), "--task", "addition", "--problems", "5", "--out",
+                 str(outdir)]) == 0  # fmt: skip
+    assert (outdir / "addition_step_00000001.json").is_file()
     out = capsys.readouterr().out
     assert "exact match" in out and "thousands" in out
     data = json.loads((run / "eval" / "addition_step_00000001.json").read_text())

@@ -357,6 +357,11 @@ def _check_items(items: list[Item], val: bool) -> None:
 def _eval_addition(args: argparse.Namespace) -> int:
     from symbreak.eval.addition import evaluate_addition, format_addition
 
+    out_dir = args.run_dir / "eval"  # default: RUN_DIR/eval/addition_<checkpoint>.json
+    out = None
+    if args.out is not None:
+        out = output_file(args.out, "addition.json", "--out")  # a bad --out fails before scoring
+        out_dir, out = (out.parent, None) if Path(args.out).expanduser().is_dir() else (None, out)
     run = _load(args, args.run_dir)
     print(_describe(run), flush=True)
     result = evaluate_addition(run.model, run.cfg, args.problems, args.batch_size)
@@ -367,7 +372,8 @@ def _eval_addition(args: argparse.Namespace) -> int:
         **_run_json(run),
         **result,
     }
-    out = args.out or args.run_dir / "eval" / f"addition_{run.checkpoint.name}.json"
+    if out is None:
+        out = out_dir / f"addition_{run.checkpoint.name}.json"
     report.write_json(out, data)
     print(f"\nwrote {out}")
     return 0

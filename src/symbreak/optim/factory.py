@@ -39,7 +39,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, seed: int = 0) -> torch.
     groups = param_groups(model, cfg.weight_decay, cfg.decay_all)
     if cfg.name == "adamw":
         # torch's fused kernel (one pass over p, g, m, v per tensor) on CPU as on CUDA: measured
-        # 5.7x faster than the foreach path on the 2-core CPU (docs/performance.md).
+        # 5-6x faster than the foreach path on the 2-core CPU (docs/performance.md).
         device = next(model.parameters()).device.type
         fused = device in ("cpu", "cuda")
         return torch.optim.AdamW(

@@ -85,10 +85,10 @@ def test_config_checks_the_vocabulary() -> None:
 class Oracle(torch.nn.Module):
     """Reads the operands from the prompt and answers correctly (wrong 'thousands' if asked)."""
 
-    def __init__(self, reverse: bool, break_thousands: bool = False) -> None:
+    def __init__(self, reverse: bool, break_thousands: bool = False, bos: bool = False) -> None:
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
-        self.reverse, self.break_thousands = reverse, break_thousands
+        self.reverse, self.break_thousands, self.bos = reverse, break_thousands, bos
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:  # every position "holds" the prefix
         return x[:, None, :].expand(-1, x.shape[1], -1)
@@ -101,7 +101,7 @@ class Oracle(torch.nn.Module):
     def output(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(x.shape[0], 16)
         for r, row in enumerate(x.tolist()):
-            s = decode_chars(row)
+            s = decode_chars(row)[1:] if self.bos else decode_chars(row)
             a, b = int(s[0:3]), int(s[4:7])
             c = f"{a + b:04d}"
             if self.break_thousands:
@@ -215,3 +215,23 @@ def test_addition_runs_log_exact_match_and_the_report_reads_it(tmp_path: Path, c
     assert steps_to([0, 100, 200], [0.1, 0.95, 0.9], 0.9) == 100
     assert steps_to([0, 100], [0.1, 0.5], 0.9) is None
     assert median_steps([100, None, 300]) == 300 and median_steps([100, None, None]) is None
+
+
+def test_a_leading_newline_variant_moves_the_answer_one_place(tmp_path: Path) -> None:
+    """data.addition_bos: lines are "\\naaa+bbb=cccc"; the answer positions, the eval prompt
+    and the cache key follow, and the default format is unchanged."""
+    from symbreak.data import addition_spec, run_loss_positions
+    probs = np.array([[42, 917]])
+    assert decode_chars(encode_problems(probs, False)) == "042+917=0959\n"
+    assert decode_chars(encode_problems(probs, False, bos=True)) == "\n042+917=0959"
+    base = ["data.source=addition", "model.block_size=13", "model.mask=bidirectional",
+            "data.addition_train=100", "data.addition_val=40"]  # fmt: skip
+    plain, bos = (Config.load(None, [*base, f"data.addition_bos={b}"]) for b in ("false", "true"))
+    assert addition_spec(plain.data).key != addition_spec(bos.data).key
+    assert run_loss_positions(plain).nonzero().flatten().tolist() == [7, 8, 9, 10]
+    assert run_loss_positions(bos).nonzero().flatten().tolist() == [8, 9, 10, 11]
+    data = load_data("addition", 13, 16, tmp_path, addition=addition_spec(bos.data))
+    first = decode_chars(data.train.get([0])[0].tolist())
+    assert first[0] == "\n" and first[4] == "+" and first[8] == "="  # windows start at "\n"
+    r = evaluate_addition(Oracle(False, bos=True), bos)
+    assert r["exact_match"]["mean"] == 1.0

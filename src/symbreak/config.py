@@ -129,6 +129,9 @@ class DataConfig:
     addition_val: int = 2000  # held-out problems (no problem, nor its commuted twin, in both)
     addition_reverse: bool = False  # answers written least significant digit first
     addition_seed: int = 0  # which problems go to which split, and their order
+    # lines start with a newline instead of ending with one ("\naaa+bbb=cccc"): a fixed first
+    # token that position-free causal models can count from
+    addition_bos: bool = False
 
 
 @dataclass

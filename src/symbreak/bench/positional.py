@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from symbreak.config import Config
-from symbreak.data.loader import input_targets, loss_positions
+from symbreak.data.loader import input_targets, run_loss_positions
 from symbreak.device import autocast, resolve_device, resolve_dtype
 from symbreak.model import GPT
 from symbreak.model.positional import POS_ENCODINGS
@@ -42,7 +42,7 @@ def bench_positional(
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, min(base.model.vocab_size, 50257), (micro, T + 1), generator=gen)
     # the targets training would use (with the bidirectional mask: the last position only)
-    x, y = input_targets(x, loss_positions(T, base.model.mask, base.data.source))
+    x, y = input_targets(x, run_loss_positions(base))
     x, y = x.to(dev), y.to(dev)
     models = {}
     for pe in POS_ENCODINGS:

@@ -24,6 +24,7 @@ from symbreak.data.loader import (
     find_shards,
     load_data,
     loss_positions,
+    run_loss_positions,
     val_batches,
     val_window_indices,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "prepare_texts",
     "read_shard",
     "read_text_inputs",
+    "run_loss_positions",
     "shakespeare_texts",
     "tokenizer_from_meta",
     "val_batches",

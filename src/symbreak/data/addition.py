@@ -72,6 +72,12 @@ class AdditionSpec:
     n_val: int
     reverse: bool
     seed: int
+    bos: bool = False  # "\naaa+bbb=cccc" lines: the newline first, as a start token
+
+    @property
+    def prompt(self) -> int:
+        """Characters before the answer: ``aaa+bbb=`` (8), or 9 with the leading newline."""
+        return PROMPT + int(self.bos)
 
     def check(self) -> None:
         if self.n_train < 1 or self.n_val < 1:
@@ -89,7 +95,7 @@ class AdditionSpec:
     def key(self) -> str:
         return (
             f"v{FORMAT_VERSION}-t{self.n_train}-v{self.n_val}-"
-            f"{'rev' if self.reverse else 'fwd'}-s{self.seed}"
+            f"{'rev' if self.reverse else 'fwd'}-s{self.seed}{'-bos' if self.bos else ''}"
         )
 
 
@@ -118,8 +124,9 @@ def split_problems(spec: AdditionSpec) -> dict[str, np.ndarray]:
     return out
 
 
-def encode_problems(problems: np.ndarray, reverse: bool) -> np.ndarray:
-    """(N, 2) operands -> the (N * 13,) uint16 id stream of their lines (vectorised)."""
+def encode_problems(problems: np.ndarray, reverse: bool, bos: bool = False) -> np.ndarray:
+    """(N, 2) operands -> the (N * 13,) uint16 id stream of their lines (vectorised); with
+    ``bos`` each line is ``"\n" + "aaa+bbb=cccc"``, the newline moved to the front."""
     a, b = problems[:, 0], problems[:, 1]
     c = a + b
 
@@ -130,14 +137,15 @@ def encode_problems(problems: np.ndarray, reverse: bool) -> np.ndarray:
     if reverse:
         ans = ans[:, ::-1]
     n = len(problems)
+    newline = np.full((n, 1), STOI["\n"])
     cols = [
         digits(a, 3),
         np.full((n, 1), STOI["+"]),
         digits(b, 3),
         np.full((n, 1), STOI["="]),
         ans,
-        np.full((n, 1), STOI["\n"]),
     ]
+    cols = [newline, *cols] if bos else [*cols, newline]
     return np.concatenate(cols, 1).astype(np.uint16).reshape(-1)
 
 
@@ -150,13 +158,14 @@ def cached_addition(spec: AdditionSpec, cache_dir: str | os.PathLike[str] | None
     def build(tmp: Path) -> None:
         splits = split_problems(spec)
         for split, probs in splits.items():
-            write_shard(tmp / f"addition_{split}_000000.bin", encode_problems(probs, spec.reverse))
+            ids = encode_problems(probs, spec.reverse, spec.bos)
+            write_shard(tmp / f"addition_{split}_000000.bin", ids)
         meta = {
             "source": "addition",
             "format_version": FORMAT_VERSION,
             "tokenizer": "chars",
             "chars": CHARS,
-            "line": "aaa+bbb=cccc\\n",
+            "line": "\\naaa+bbb=cccc" if spec.bos else "aaa+bbb=cccc\\n",
             "reverse": spec.reverse,
             "seed": spec.seed,
             "problems": {s: len(p) for s, p in splits.items()},

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from symbreak.config import DataConfig
+from symbreak.config import Config, DataConfig
 from symbreak.data.addition import ANSWER, LINE, PROMPT, AdditionSpec, cached_addition
 from symbreak.data.addition import VOCAB as ADDITION_VOCAB
 from symbreak.data.corpus import (
@@ -227,7 +227,9 @@ def input_targets(w: torch.Tensor, positions: torch.Tensor | None = None) -> Bat
     return x, y
 
 
-def loss_positions(block_size: int, mask: str, source: str) -> torch.Tensor | None:
+def loss_positions(
+    block_size: int, mask: str, source: str, prompt: int = PROMPT
+) -> torch.Tensor | None:
     """(block_size,) bool: the window positions whose targets are trained and validated, or
     ``None`` for all of them (the causal mask).
 
@@ -236,13 +238,14 @@ def loss_positions(block_size: int, mask: str, source: str) -> torch.Tensor | No
     one for ordinary text, and for ``data.source=addition`` the four that predict answer
     digits: position t predicts character t + 1, so t mod 13 in 7..10 (the problem's prompt
     ``aaa+bbb=`` is characters 0..7; windows start at a problem when ``block_size`` is a
-    multiple of 13, which the config requires for this pair).
+    multiple of 13, which the config requires for this pair). ``prompt`` is the characters
+    before the answer: 8, or 9 with ``data.addition_bos``.
     """
     if mask == "causal":
         return None
     t = torch.arange(block_size)
     if source == "addition":
-        return (t % LINE >= PROMPT - 1) & (t % LINE < PROMPT - 1 + ANSWER)
+        return (t % LINE >= prompt - 1) & (t % LINE < prompt - 1 + ANSWER)
     return t == block_size - 1
 
 
@@ -294,10 +297,20 @@ def val_batches(
     return [input_targets(chunk, positions) for chunk in w.split(micro_batch_size)]
 
 
+def run_loss_positions(cfg: Config) -> torch.Tensor | None:
+    """:func:`loss_positions` for a run's config (the addition prompt length included)."""
+    m = cfg.model
+    return loss_positions(m.block_size, m.mask, cfg.data.source, addition_spec(cfg.data).prompt)
+
+
 def addition_spec(data: DataConfig) -> AdditionSpec:
     """The ``data.addition_*`` keys as the generator's :class:`AdditionSpec`."""
     return AdditionSpec(
-        data.addition_train, data.addition_val, data.addition_reverse, data.addition_seed
+        data.addition_train,
+        data.addition_val,
+        data.addition_reverse,
+        data.addition_seed,
+        data.addition_bos,
     )
 
 

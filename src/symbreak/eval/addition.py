@@ -24,7 +24,6 @@ from symbreak.config import Config
 from symbreak.data import addition_spec
 from symbreak.data.addition import (
     ANSWER,
-    PROMPT,
     VOCAB,
     decode_chars,
     encode_problems,
@@ -77,12 +76,13 @@ def evaluate_addition(
             f"--task addition needs a run trained with data.source=addition; this run used "
             f"data.source={cfg.data.source!r}"
         )
-    if cfg.model.block_size < PROMPT + ANSWER - 1:
+    spec = addition_spec(cfg.data)
+    P = spec.prompt  # "aaa+bbb=", with a leading newline under data.addition_bos
+    if cfg.model.block_size < P + ANSWER - 1:
         raise SymbreakError(
             f"model.block_size={cfg.model.block_size} cannot hold a prompt and its answer "
-            f"({PROMPT + ANSWER - 1} characters)"
+            f"({P + ANSWER - 1} characters)"
         )
-    spec = addition_spec(cfg.data)
     problems = split_problems(spec)["val"]
     if n_problems is not None:
         if n_problems > len(problems):
@@ -91,9 +91,9 @@ def evaluate_addition(
                 "problems (data.addition_val)"
             )
         problems = problems[:n_problems]
-    lines = torch.from_numpy(encode_problems(problems, spec.reverse).astype(np.int64))
+    lines = torch.from_numpy(encode_problems(problems, spec.reverse, spec.bos).astype(np.int64))
     lines = lines.view(len(problems), -1)
-    prompts, truth = lines[:, :PROMPT], lines[:, PROMPT : PROMPT + ANSWER]
+    prompts, truth = lines[:, :P], lines[:, P : P + ANSWER]
     got = greedy_answers(model, prompts, ANSWER, batch_size)
     right = (got == truth).numpy()
     # written position -> place value: most significant first unless reversed
@@ -111,8 +111,9 @@ def evaluate_addition(
         "exact_match": _rate(right.all(axis=1)),
         "per_digit": {p: per_digit[p] for p in PLACES},
         "examples": examples,
-        "method": "prompt 'aaa+bbb=' alone, 4 greedy characters (argmax over the 13 real "
-        "characters), one forward over the prefix per character; 95% Wilson intervals",
+        "method": "prompt 'aaa+bbb=' alone (after a newline with data.addition_bos), 4 greedy "
+        "characters (argmax over the 13 real characters), one forward over the prefix per "
+        "character; 95% Wilson intervals",
     }
 
 

@@ -266,7 +266,7 @@ def _describe(run: Run) -> str:
 
 def _validation(run: Run) -> dict[str, Any]:
     """Validation loss on the run's own held-out batches, next to the recorded one."""
-    from symbreak.data import addition_spec, load_data, loss_positions, val_batches
+    from symbreak.data import addition_spec, load_data, run_loss_positions, val_batches
     from symbreak.eval.val_loss import evaluate_loss
     from symbreak.model.loss import IGNORE_INDEX
 
@@ -279,7 +279,7 @@ def _validation(run: Run) -> dict[str, Any]:
         addition=addition_spec(cfg.data),
     )
     micro = cfg.train.micro_batch_size or cfg.train.batch_size
-    positions = loss_positions(cfg.model.block_size, cfg.model.mask, cfg.data.source)
+    positions = run_loss_positions(cfg)
     batches = val_batches(
         data.val, cfg.train.eval_tokens, micro, how=cfg.train.eval_windows, positions=positions
     )

@@ -40,7 +40,6 @@ from symbreak.experiments.collect import Collection, Record, collect
 from symbreak.experiments.report import write_report
 from symbreak.train.metrics import read_metrics
 
-PROBE_PREFIX = 8  # "aaa+bbb=": its last position predicts the first answer digit
 PROBE_SEQUENCES = 32
 PROBE_FIT, PROBE_SCORE = 64, 32
 
@@ -82,11 +81,13 @@ def probe_run(run_dir: Path) -> dict[str, float]:
     from symbreak.analysis.permutation import permutation_test
     from symbreak.analysis.position import probe_positions
     from symbreak.analysis.sources import held_out_tokens, load_source, random_init_control
+    from symbreak.data import addition_spec
 
     src = load_source(run_dir, None)
     T = src.cfg.model.block_size
-    tokens = held_out_tokens(src.cfg, PROBE_SEQUENCES, PROBE_PREFIX, "val", 0)
-    perm = permutation_test(src.model, tokens, [PROBE_PREFIX], 4, 0, torch.float64)
+    n = addition_spec(src.cfg.data).prompt  # 8, or 9 with the leading newline
+    tokens = held_out_tokens(src.cfg, PROBE_SEQUENCES, n, "val", 0)
+    perm = permutation_test(src.model, tokens, [n], 4, 0, torch.float64)
     seqs = held_out_tokens(src.cfg, PROBE_FIT + PROBE_SCORE, T, "val", 0)
     pos = probe_positions(
         src.label, src.model, random_init_control(src.cfg), seqs[:PROBE_FIT], seqs[PROBE_FIT:]

@@ -42,7 +42,7 @@ from symbreak.data import (
     TrainBatches,
     addition_spec,
     load_data,
-    loss_positions,
+    run_loss_positions,
     val_batches,
     val_window_indices,
 )
@@ -337,7 +337,7 @@ class Trainer:
         if fsdp:
             shard_model(model)
         optimizer = build_optimizer(model, cfg.optim, seed=t.seed)
-        positions = loss_positions(cfg.model.block_size, cfg.model.mask, cfg.data.source)
+        positions = run_loss_positions(cfg)
         batches = TrainBatches(
             data.train,
             t.batch_size,

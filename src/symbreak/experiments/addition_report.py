@@ -11,12 +11,12 @@ answers to the first min(1000, ``data.addition_val``) held-out problems, the pro
   (``never`` when the run did not get there), and the median over seeds (a seed that never got
   there counts as later than any step; the median is ``never`` when half or more did not);
 * **probes** (unless ``--no-probes``), on each run's latest checkpoint, averaged over seeds:
-  the permutation test at n = 8 (the prompt ``aaa+bbb=``, whose last position predicts the first
-  answer digit): the largest relative change of those logits when the 7 characters before ``=``
-  are shuffled, in float64; and the position probe (:mod:`symbreak.analysis.position`): R^2 of a
-  ridge probe from the hidden state to the position in the problem, at the embedding output and
-  after the last block, with the random-init control, and the adjacency score after the last
-  block.
+  the permutation test at n = the prompt's length (``aaa+bbb=``, 8; 9 with the leading newline
+  of ``data.addition_bos``), whose last position predicts the first answer digit: the largest
+  relative change of those logits when the characters before ``=`` are shuffled, in float64;
+  and the position probe (:mod:`symbreak.analysis.position`): R^2 of a ridge probe from the
+  hidden state to the position in the problem, at the embedding output and after the last
+  block, with the random-init control, and the adjacency score after the last block.
 
 Validation loss is kept in the JSON but not compared in the table: a causal model's loss covers
 all 13 characters of a problem (the operands are unpredictable), a bidirectional model's only the
@@ -75,7 +75,8 @@ def median_steps(values: list[int | None]) -> float | None:
 
 
 def probe_run(run_dir: Path) -> dict[str, float]:
-    """Permutation change at n = 8 and the position-probe figures of one run (CPU, float64)."""
+    """Permutation change at n = the prompt's length and the position-probe figures of one
+    run (CPU, float64)."""
     import torch
 
     from symbreak.analysis.permutation import permutation_test
@@ -185,7 +186,7 @@ def markdown(data: dict[str, Any], figures: list[str]) -> str:
     head = ["cell", "pos", "mask", "residual", "exact match (mean [min, max])", "per seed",
             f"steps to {thr} (median)", "per seed"]  # fmt: skip
     if data["probes"]:
-        head += ["perm. change n=8", "R² emb", "R² last (init)", "adjacency last (init)"]
+        head += ["perm. change (prompt)", "R² emb", "R² last (init)", "adjacency last (init)"]
     rows = []
     for c in data["cells"]:
         em = c["final_exact_match"]
@@ -218,11 +219,11 @@ def markdown(data: dict[str, Any], figures: list[str]) -> str:
     if data["probes"]:
         lines.append(
             "Probes on each run's latest checkpoint, mean over seeds: perm. change = largest "
-            "relative change of the logits after `aaa+bbb=` when its first 7 characters are "
-            "shuffled (float64; < 1e-10 is exact invariance); R² = ridge probe of the position "
-            "in the problem from the hidden state (emb = embedding output, last = after the "
-            "last block; init = the same probe on a random-init model); adjacency = similarity "
-            "of nearby minus distant positions."
+            "relative change of the logits after the prompt `aaa+bbb=` when the characters "
+            "before `=` are shuffled (float64; < 1e-10 is exact invariance); R² = ridge probe "
+            "of the position in the problem from the hidden state (emb = embedding output, "
+            "last = after the last block; init = the same probe on a random-init model); "
+            "adjacency = similarity of nearby minus distant positions."
         )
     if data["skipped"]:
         lines += ["", f"Not finished, left out: {', '.join(data['skipped'])}."]

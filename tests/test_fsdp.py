@@ -154,3 +154,13 @@ def test_sharded_ecd_is_the_single_process_maths_in_float64(projection, weight_d
     assert done.returncode == 0, done.stderr[-3000:]
     worst = float(re.search(r"max difference (\S+)", done.stdout).group(1))
     assert worst < 1e-12, worst
+
+
+def test_fsdp_in_one_process_says_it_has_nothing_to_shard(tmp_path):
+    from symbreak.train.trainer import train
+
+    summary = train(Config.load(None, [*COMMON, "train.max_steps=1", "train.parallel=fsdp",
+                                       f"train.out_dir={tmp_path}",
+                                       f"data.cache_dir={tmp_path / 'cache'}"]))  # fmt: skip
+    assert summary.steps == 1
+    assert any("nothing to shard" in n for n in summary.notes)

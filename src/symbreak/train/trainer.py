@@ -336,6 +336,11 @@ class Trainer:
         fsdp = t.parallel == "fsdp" and env.enabled
         if fsdp:
             shard_model(model)
+        elif t.parallel == "fsdp":
+            self.notes.append(
+                "note: train.parallel=fsdp in a single process has nothing to shard; the run "
+                "is unsharded (start it with torchrun --nproc_per_node=N to shard)"
+            )
         optimizer = build_optimizer(model, cfg.optim, seed=t.seed)
         positions = run_loss_positions(cfg)
         batches = TrainBatches(

@@ -40,7 +40,7 @@ from symbreak.config import Config
 from symbreak.device import resolve_device
 from symbreak.errors import ConfigError
 from symbreak.model import GPT
-from symbreak.optim import build_optimizer, optimizer_step, param_groups, state_bytes
+from symbreak.optim import build_optimizer, optimizer_step, state_bytes
 
 FOREACH = "adamw_foreach"  # torch's AdamW on the foreach path, timed beside the fused one
 ECD_LOSS = 5.0  # well above ECD's paper F0 = 2.0: V - F0 > 0, so no step freezes
@@ -90,11 +90,8 @@ def bench_optim(
         for name in names
     }
     if "adamw" in names:  # the fair baseline: symbreak's AdamW (fused) against torch's foreach
-        o = Config.load(overrides=[*base, "optim.name=adamw"]).optim
-        opts[FOREACH] = torch.optim.AdamW(
-            param_groups(model, o.weight_decay, o.decay_all),
-            lr=o.lr, betas=tuple(o.betas), eps=o.eps, foreach=True, fused=False,
-        )  # fmt: skip
+        adamw_cfg = Config.load(overrides=[*base, "optim.name=adamw"]).optim
+        opts[FOREACH] = build_optimizer(model, adamw_cfg, seed=seed, adamw_fused=False)
         names = [*names, FOREACH]
 
     n_params = sum(p.numel() for p in model.parameters())

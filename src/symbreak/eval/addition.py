@@ -15,6 +15,7 @@ each with a 95% Wilson interval over problems.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from symbreak.data import addition_spec
 from symbreak.data.addition import (
     ANSWER,
     VOCAB,
+    AdditionSpec,
     decode_chars,
     encode_problems,
     split_problems,
@@ -67,6 +69,15 @@ def _rate(hits: np.ndarray) -> dict[str, float | int]:
     return {"mean": k / n, "lo": lo, "hi": hi, "n": n}
 
 
+@functools.lru_cache(maxsize=4)
+def _val_problems(spec: AdditionSpec) -> np.ndarray:
+    """The held-out operand pairs (read-only), drawn once per spec: a trainer evaluating every
+    few hundred steps would otherwise reshuffle all 500,500 pairs each time (~40 ms)."""
+    problems = split_problems(spec)["val"]
+    problems.setflags(write=False)
+    return problems
+
+
 def evaluate_addition(
     model: torch.nn.Module, cfg: Config, n_problems: int | None = None, batch_size: int = 256
 ) -> dict[str, Any]:
@@ -83,7 +94,7 @@ def evaluate_addition(
             f"model.block_size={cfg.model.block_size} cannot hold a prompt and its answer "
             f"({P + ANSWER - 1} characters)"
         )
-    problems = split_problems(spec)["val"]
+    problems = _val_problems(spec)
     if n_problems is not None:
         if n_problems > len(problems):
             raise SymbreakError(

@@ -357,11 +357,13 @@ def _check_items(items: list[Item], val: bool) -> None:
 def _eval_addition(args: argparse.Namespace) -> int:
     from symbreak.eval.addition import evaluate_addition, format_addition
 
-    out_dir = args.run_dir / "eval"  # default: RUN_DIR/eval/addition_<checkpoint>.json
-    out = None
-    if args.out is not None:
-        out = output_file(args.out, "addition.json", "--out")  # a bad --out fails before scoring
-        out_dir, out = (out.parent, None) if Path(args.out).expanduser().is_dir() else (None, out)
+    # --out FILE, or a directory (default RUN_DIR/eval) to hold addition_<checkpoint>.json;
+    # a bad --out fails here, before the scoring
+    out_dir, out = args.run_dir / "eval", None
+    if args.out is not None and Path(args.out).expanduser().is_dir():
+        out_dir = Path(args.out).expanduser()
+    elif args.out is not None:
+        out = output_file(args.out, "addition.json", "--out")
     run = _load(args, args.run_dir)
     print(_describe(run), flush=True)
     result = evaluate_addition(run.model, run.cfg, args.problems, args.batch_size)

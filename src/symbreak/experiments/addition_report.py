@@ -38,24 +38,18 @@ from typing import Any
 from symbreak.errors import ExperimentError
 from symbreak.experiments.collect import Collection, Record, collect
 from symbreak.experiments.report import write_report
-from symbreak.train.metrics import read_metrics
 
 PROBE_SEQUENCES = 32
 PROBE_FIT, PROBE_SCORE = 64, 32
 
 
-def exact_match_curve(run_dir: Path) -> tuple[list[int], list[float]]:
+def exact_match_curve(r: Record) -> tuple[list[int], list[float]]:
     """(steps, exact match) of a run's evaluations; an error if it logged none."""
-    rows = read_metrics(run_dir / "metrics.csv")
-    steps, em = [], []
-    for row in rows:
-        v = row.get("exact_match", "")
-        if v not in ("", None):
-            steps.append(int(row["step"]))
-            em.append(float(v))
+    pairs = [(s, v) for s, v in zip(r.steps, r.exact_match, strict=True) if v is not None]
+    steps, em = [s for s, _ in pairs], [v for _, v in pairs]
     if not em:
         raise ExperimentError(
-            f"{run_dir} logged no exact_match in metrics.csv: it is not a data.source=addition "
+            f"{r.run_dir} logged no exact_match in metrics.csv: it is not a data.source=addition "
             "run, or it was trained before addition runs logged it; use `symbreak eval RUN_DIR "
             "--task addition` on it instead"
         )
@@ -121,7 +115,7 @@ def build(
     seed_axes = {"train.seed", "seed"}
     cells: dict[str, list[dict[str, Any]]] = {}
     for r in col.records:
-        steps, em = exact_match_curve(r.run_dir)
+        steps, em = exact_match_curve(r)
         run = {
             "run_dir": str(r.run_dir),
             "seed": r.seed,

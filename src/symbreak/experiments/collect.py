@@ -59,6 +59,8 @@ class Record:
     variant: str = ""
     eval: dict[str, float] | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # per validation row: metrics.csv's exact_match (addition runs), None where not logged
+    exact_match: list[float | None] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -119,7 +121,7 @@ def load_record(run_dir: Path) -> Record:
         rows = read_metrics(path)
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ExperimentError(f"{path} is unreadable ({e})") from None
-    steps, tokens, losses, speeds = [], [], [], []
+    steps, tokens, losses, speeds, exact = [], [], [], [], []
     for row in rows:
         v = _float(row.get("val_loss", ""))
         s = _float(row.get("tok_per_s", ""))
@@ -130,6 +132,7 @@ def load_record(run_dir: Path) -> Record:
         steps.append(int(row["step"]))
         tokens.append(int(row["tokens"]))
         losses.append(v)
+        exact.append(_float(row.get("exact_match", "")))
     if not losses:
         raise ExperimentError(
             f"{run_dir} has no validation rows in metrics.csv (val_loss is empty in every row); "
@@ -144,6 +147,7 @@ def load_record(run_dir: Path) -> Record:
         tokens=tokens,
         val_loss=losses,
         tok_per_s=statistics.median(speeds) if speeds else float("nan"),
+        exact_match=exact,
     )
 
 

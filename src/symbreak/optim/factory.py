@@ -34,14 +34,17 @@ def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, seed: int = 0) -> torch.optim.Optimizer:
-    """The optimizer named by ``cfg.name`` over ``model``'s parameters (config must be resolved)."""
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, seed: int = 0, adamw_fused: bool = True
+) -> torch.optim.Optimizer:
+    """The optimizer named by ``cfg.name`` over ``model``'s parameters (config must be resolved).
+    ``adamw_fused=False`` gives torch's foreach AdamW (``bench optim`` times it as a reference)."""
     groups = param_groups(model, cfg.weight_decay, cfg.decay_all)
     if cfg.name == "adamw":
         # torch's fused kernel (one pass over p, g, m, v per tensor) on CPU as on CUDA: measured
         # 5-6x faster than the foreach path on the 2-core CPU (docs/performance.md).
         device = next(model.parameters()).device.type
-        fused = device in ("cpu", "cuda")
+        fused = adamw_fused and device in ("cpu", "cuda")
         return torch.optim.AdamW(
             groups,
             lr=cfg.lr,

@@ -16,7 +16,12 @@ import pytest
 import torch
 
 from symbreak.bench.cli import register
-from symbreak.bench.train import bench_train, format_table, model_flops_per_token
+from symbreak.bench.train import (
+    _is_paper_code_config,
+    bench_train,
+    format_table,
+    model_flops_per_token,
+)
 from symbreak.config import Config
 from symbreak.device import cpu_has_native_bf16
 from symbreak.model import GPT
@@ -68,6 +73,8 @@ def test_keys_present_and_finite(result: dict) -> None:
         *TIMED,
         "model_flops_per_token",
         "matmul_peak_flops_per_s",
+        "matmul_peak_fp32_flops_per_s",
+        "tok_per_s_per_fp32_gflops",
         "sb_overhead",
         "loader_tok_per_s",
         "loader_over_train",
@@ -82,7 +89,9 @@ def test_keys_present_and_finite(result: dict) -> None:
     for key in TIMED:
         assert math.isfinite(result["symmetric"][key]) and result["symmetric"][key] > 0, key
     assert result["step_ms_min"] <= result["step_ms"] <= result["step_ms_max"]
-    for key in ("compile_s", "cuda_max_memory_allocated_bytes", "noether"):
+    # 1000 steps x 32 tokens x 50304 logits is below auto's bar for compiling the loss kernel
+    assert result["loss_kernel"] == "eager"
+    for key in ("compile_s", "cuda_max_memory_allocated_bytes", "noether", "x_paper_code"):
         assert key in result and result[key] is None
     assert result["symmetric"]["compile_s"] is None
     auto = "bf16" if cpu_has_native_bf16() else "fp32"  # train.dtype=auto's rule on this CPU
@@ -101,6 +110,17 @@ def test_derived_figures(result: dict) -> None:
         assert r["mfu"] == r["achieved_flops_per_s"] / peak
     assert result["sb_overhead"] == result["symmetric"]["tok_per_s"] / result["tok_per_s"]
     assert result["loader_over_train"] == result["loader_tok_per_s"] / result["tok_per_s"]
+    fp32_gflops = result["matmul_peak_fp32_flops_per_s"] / 1e9
+    assert result["tok_per_s_per_fp32_gflops"] == result["tok_per_s"] / fp32_gflops
+    if result["dtype"] == "fp32":
+        assert result["matmul_peak_fp32_flops_per_s"] == peak
+
+
+def test_paper_code_configuration_is_recognised() -> None:
+    assert _is_paper_code_config(Config.load(overrides=["model.preset=tiny"]))
+    assert not _is_paper_code_config(Config.load(overrides=["model.preset=small"]))
+    assert not _is_paper_code_config(Config.load(overrides=["optim.name=ecd"]))
+    assert not _is_paper_code_config(Config.load(overrides=SMALL))
 
 
 def test_model_flops_per_token_by_hand(result: dict) -> None:

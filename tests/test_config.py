@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import subprocess
 import sys
 
 import pytest
 
 from symbreak.config import PRESETS, Config, all_keys
+from symbreak.device import reuse_freed_memory
 from symbreak.errors import ConfigError
 
 
@@ -129,3 +131,19 @@ def test_print_config(capsys):
     assert main(["train", "--print-config", "sb.q=true"]) == 0
     out = capsys.readouterr().out
     assert "[sb]" in out and "q = true" in out
+
+
+def test_reuse_freed_memory_respects_glibc_settings(monkeypatch):
+    """The allocator tweak every command applies: on Linux/glibc it takes; a user's own
+    MALLOC_*_THRESHOLD_ wins (and is the opt-out)."""
+    apply = reuse_freed_memory.__wrapped__  # uncached
+    if sys.platform.startswith("linux") and ctypes.util.find_library("c"):
+        assert apply() is True
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert apply() is False
+
+
+def test_loss_kernel_setting_is_checked():
+    assert Config.load().train.loss_kernel == "auto"
+    with pytest.raises(ConfigError, match=r"train\.loss_kernel"):
+        Config.load(overrides=["train.loss_kernel=triton"])

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from symbreak.config import ModelConfig, SBConfig
 from symbreak.model import GPT, BiasSampler, FeaturePReLU
+from symbreak.model.attention import CPU_BF16_ATTENTION_MIN_T, _attention
 
 L, H, C, T, V = 2, 4, 32, 12, 97
 D = C // H
@@ -306,3 +307,32 @@ def test_deepcopy_keeps_the_sampler_deterministic():
     a.pin_biases(2)
     b.pin_biases(2)
     assert torch.equal(next(a.bias_samplers())(), next(b.bias_samplers())())
+
+
+# ---- attention dtype on CPU ------------------------------------------------------------------
+
+
+def _qkv(t: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return [torch.randn(2, H, t, D, generator=g).to(dtype).requires_grad_() for _ in range(3)]
+
+
+def test_short_bf16_attention_on_cpu_runs_in_fp32():
+    """Below CPU_BF16_ATTENTION_MIN_T the kernel sees fp32 (faster there); the result and the
+    gradients come back in bf16, equal to the fp32 computation rounded once."""
+    q, k, v = _qkv(T, torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = _attention(q, k, v, None, True, 0.0)
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, ref.to(torch.bfloat16))
+    y.float().sum().backward()
+    assert q.grad.dtype == k.grad.dtype == v.grad.dtype == torch.bfloat16
+
+
+def test_long_bf16_attention_keeps_the_bf16_kernel():
+    q, k, v = _qkv(CPU_BF16_ATTENTION_MIN_T, torch.bfloat16)
+    with torch.no_grad():
+        y = _attention(q, k, v, None, True, 0.0)
+        ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.equal(y, ref)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from symbreak import __version__
 from symbreak.argtypes import float_range, int_range
+from symbreak.device import reuse_freed_memory
 from symbreak.errors import SymbreakError
 
 
@@ -202,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    reuse_freed_memory()
     try:
         return args.func(args)
     except SymbreakError as e:

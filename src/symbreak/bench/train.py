@@ -46,10 +46,17 @@ JSON keys (``--json``; all always present, ``null`` where not applicable):
 ``sb``: ``{"q", "k", "v", "mode"}`` of the symmetry-broken model.
 ``optimizer``: ``optim.name``. ``batch_size``, ``micro_batch_size``, ``accum_steps``,
 ``tokens_per_step``: the step. ``device``, ``dtype`` (``fp32``/``bf16``), ``compile`` (bool),
+``loss_kernel`` (``eager``/``compiled``: ``train.loss_kernel`` as the trainer would resolve it
+for this config's whole run, so ``auto`` benchmarks what ``symbreak train`` would use),
 ``torch`` (version), ``torch_threads``, ``steps`` (measured rounds), ``warmup`` (untimed).
 ``params``: all parameters; ``params_non_embedding``: without wte and wpe.
 ``flops_formula``: the formula above, as text. ``model_flops_per_token``: its value.
 ``matmul_size``: n of the n x n peak matmul. ``matmul_peak_flops_per_s``: its median rate.
+``matmul_peak_fp32_flops_per_s``: the same in fp32 (measured beside the bf16 one in a bf16 run).
+``tok_per_s_per_fp32_gflops``: tok_per_s per fp32 GFLOP/s of that peak, the machine-neutral
+speed the paper's code is compared on; ``x_paper_code``: that over the paper's code's 10.9
+(issue #6), only for the paper-code configuration (L4 H4 C128, context 128, batch 8, GPT-2
+vocabulary, AdamW), else null.
 For the symmetry-broken model, at the top level: ``tok_per_s`` (tokens_per_step / median
 step), ``step_ms`` (median), ``step_ms_min``, ``step_ms_max``, ``step_ms_mean``,
 ``achieved_flops_per_s`` (model_flops_per_token * tok_per_s), ``mfu``
@@ -93,6 +100,7 @@ from symbreak.device import autocast, resolve_device, resolve_dtype
 from symbreak.errors import ConfigError
 from symbreak.model import GPT
 from symbreak.optim import build_optimizer, optimizer_step
+from symbreak.train.trainer import resolve_loss_kernel
 
 GPT2_VOCAB = 50257  # random ids stay below the real vocabulary, as real tokens do
 FLOPS_FORMULA = (
@@ -104,6 +112,27 @@ LOADER_MIN_S = 0.2  # time the loader at least this long (and at least LOADER_MI
 LOADER_MIN_CALLS = 20
 MATMUL_REPS = 6  # half before the training rounds, half after
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+# The paper's code on the paper-code configuration (below): ~1,950 tok/s in fp32 on a machine
+# doing 180 GFLOP/s of fp32 matmul (issue #6's measurement), i.e. tokens/s per fp32 GFLOP/s.
+PAPER_CODE_TOK_PER_S_PER_FP32_GFLOPS = 10.9
+
+
+def _is_paper_code_config(cfg: Config) -> bool:
+    """L4 H4 C128, context 128, batch 8, the GPT-2 vocabulary, AdamW: the configuration the
+    paper's code was timed on, where ``x_paper_code`` means something."""
+    m = cfg.model
+    return (
+        (m.n_layer, m.n_head, m.n_embd, m.block_size, cfg.train.batch_size)
+        == (
+            4,
+            4,
+            128,
+            128,
+            8,
+        )
+        and m.vocab_size >= 50257
+        and cfg.optim.name == "adamw"
+    )
 
 
 def model_flops_per_token(model: GPT) -> int:
@@ -144,6 +173,8 @@ def bench_train(
     dev = resolve_device(cfg.train.device, option="train.device")
     amp = resolve_dtype(cfg.train.dtype, dev)
     compile = compile or cfg.train.compile
+    loss_kernel = resolve_loss_kernel(cfg, dev)
+    bf16 = amp == torch.bfloat16
     t, m = cfg.train, cfg.model
     micro = t.micro_batch_size or t.batch_size
     accum = t.batch_size // micro
@@ -152,8 +183,8 @@ def bench_train(
         torch.cuda.reset_peak_memory_stats(dev)
 
     runs = {
-        "sb": _Run(cfg, dev, amp, compile, seed),
-        "symmetric": _Run(sym_cfg, dev, amp, compile, seed),
+        "sb": _Run(cfg, dev, amp, compile, seed, loss_kernel),
+        "symmetric": _Run(sym_cfg, dev, amp, compile, seed, loss_kernel),
     }
     scratch = tempfile.TemporaryDirectory(prefix="symbreak-bench-") if t.log_noether else None
     noether = (
@@ -172,10 +203,12 @@ def bench_train(
 
     say(
         f"bench train: {m.preset} ({runs['sb'].model.num_params() / 1e6:.2f}M parameters), "
-        f"{DTYPE_NAMES[amp]}, {dev}{', compiled' if compile else ''}: {warmup} warm-up + "
+        f"{DTYPE_NAMES[amp]}, {dev}{', compiled' if compile else ''}, {loss_kernel} loss "
+        f"kernel: {warmup} warm-up + "
         f"{steps} measured rounds of both models"
     )
     peak_rates = _matmul_rates(n_mm, amp, dev, MATMUL_REPS // 2)
+    fp32_rates = _matmul_rates(n_mm, torch.float32, dev, MATMUL_REPS // 2) if bf16 else []
     start = time.perf_counter()
     gc.collect()
     gc.disable()  # a collection would land in one random step
@@ -201,6 +234,9 @@ def bench_train(
             scratch.cleanup()
     peak_rates += _matmul_rates(n_mm, amp, dev, MATMUL_REPS - MATMUL_REPS // 2)
     peak = statistics.median(peak_rates)
+    if bf16:
+        fp32_rates += _matmul_rates(n_mm, torch.float32, dev, MATMUL_REPS - MATMUL_REPS // 2)
+    peak_fp32 = statistics.median(fp32_rates) if bf16 else peak
 
     loader_tok_s = _loader_tok_per_s(cfg, micro)
     prof = None
@@ -223,6 +259,7 @@ def bench_train(
         "device": str(dev),
         "dtype": DTYPE_NAMES[amp],
         "compile": compile,
+        "loss_kernel": loss_kernel,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "steps": steps,
@@ -233,8 +270,15 @@ def bench_train(
         "model_flops_per_token": runs["sb"].flops_per_token,
         "matmul_size": n_mm,
         "matmul_peak_flops_per_s": peak,
+        "matmul_peak_fp32_flops_per_s": peak_fp32,
     }
     out.update(runs["sb"].report(cfg.tokens_per_step, peak))
+    out["tok_per_s_per_fp32_gflops"] = out["tok_per_s"] / (peak_fp32 / 1e9)
+    out["x_paper_code"] = (
+        out["tok_per_s_per_fp32_gflops"] / PAPER_CODE_TOK_PER_S_PER_FP32_GFLOPS
+        if _is_paper_code_config(cfg)
+        else None
+    )
     out["symmetric"] = {
         "params": runs["symmetric"].model.num_params(),
         "model_flops_per_token": runs["symmetric"].flops_per_token,
@@ -275,11 +319,18 @@ class _Run:
     """One model with its optimizer and its step times; ``step`` is one full training step."""
 
     def __init__(
-        self, cfg: Config, dev: torch.device, amp: torch.dtype, compile: bool, seed: int
+        self,
+        cfg: Config,
+        dev: torch.device,
+        amp: torch.dtype,
+        compile: bool,
+        seed: int,
+        loss_kernel: str,
     ) -> None:
         with torch.random.fork_rng(devices=[]):  # same init for both models, caller's RNG kept
             torch.manual_seed(seed)
             self.model = GPT(cfg.model, cfg.sb).to(dev)
+        self.model.loss_kernel = loss_kernel
         self.model.train()
         self.opt = build_optimizer(self.model, cfg.optim, seed=seed)
         self.grad_clip = cfg.optim.grad_clip
@@ -412,7 +463,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"symbreak bench train: preset {r['preset']} (L={r['n_layer']}, H={r['n_head']}, "
         f"C={r['n_embd']}, T={r['block_size']}), {r['params'] / 1e6:.2f}M parameters, "
         f"{r['optimizer']}, {r['dtype']}, {r['device']}{', compiled' if r['compile'] else ''}, "
-        f"{r['torch_threads']} torch threads, torch {r['torch']}",
+        f"{r['loss_kernel']} loss kernel, {r['torch_threads']} torch threads, torch {r['torch']}",
         f"{r['batch_size']} sequences x {r['block_size']} tokens per step "
         f"({r['accum_steps']} micro-batch(es) of {r['micro_batch_size']}); median of "
         f"{r['steps']} steps after {r['warmup']} warm-up, the two models interleaved",
@@ -433,6 +484,13 @@ def format_table(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"sb_overhead (symmetric tok/s / sb tok/s) = {r['sb_overhead']:.3f}",
+        f"{r['tok_per_s_per_fp32_gflops']:.1f} tok/s per fp32 GFLOP/s "
+        f"({r['matmul_peak_fp32_flops_per_s'] / 1e9:.1f} GFLOP/s in this run)"
+        + (
+            f" = {r['x_paper_code']:.2f}x the paper's code (10.9)"
+            if r["x_paper_code"] is not None
+            else ""
+        ),
         f"loader alone: {r['loader_tok_per_s']:,.0f} tok/s = {r['loader_over_train']:.0f} x "
         "training (target >= 10)",
         f"peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB"

@@ -40,6 +40,11 @@ Causal masks and bidirectional attention, with or without RoPE, keep the fused k
 (``is_causal`` or no mask). ALiBi needs an explicit additive ``(n_head, T, T)`` bias, which
 rules out the flash kernel: SDPA then falls back to a slower path (measured in
 docs/performance.md).
+
+Under bf16 autocast on a CPU, sequences shorter than ``CPU_BF16_ATTENTION_MIN_T`` run the
+attention kernel in fp32 (q, k, v upcast, the output cast back): torch's bf16 flash backward
+on CPU is slower than its fp32 one there (4x at T=64, 2.4x at T=128 and d=32, even at
+T=512 and d=32); from T~1024 bf16 wins (measured in docs/performance.md, "Attention dtype").
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ from torch import nn
 from symbreak.config import ModelConfig, SBConfig
 from symbreak.model.bias import BiasSampler
 from symbreak.model.positional import alibi_bias, alibi_slopes, apply_rope, rope_angles
+
+CPU_BF16_ATTENTION_MIN_T = 1024
 
 
 class SelfAttention(nn.Module):
@@ -110,14 +117,7 @@ class SelfAttention(nn.Module):
         mask, causal = None, self.causal
         if self.pos_encoding == "alibi":  # the bias carries the causal mask
             mask, causal = alibi_bias(self.alibi_slopes, T, self.causal, q.dtype), False
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=causal,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        y = _attention(q, k, v, mask, causal, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
 
@@ -125,6 +125,36 @@ class SelfAttention(nn.Module):
 # The name from when attention was always causal, kept for existing callers (state-dict keys
 # never contain class names, so checkpoints load either way).
 CausalSelfAttention = SelfAttention
+
+
+def _attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool,
+    dropout_p: float,
+) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + mask) v`` by the fused kernel; in fp32 for short bf16
+    sequences on CPU (module docstring)."""
+    if (
+        q.device.type == "cpu"
+        and q.dtype == torch.bfloat16
+        and q.shape[-2] < CPU_BF16_ATTENTION_MIN_T
+    ):
+        with torch.autocast("cpu", enabled=False):
+            y = F.scaled_dot_product_attention(
+                q.float(),
+                k.float(),
+                v.float(),
+                attn_mask=None if mask is None else mask.float(),
+                is_causal=causal,
+                dropout_p=dropout_p,
+            )
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout_p
+    )
 
 
 def _add_bias(t: torch.Tensor, sampler: BiasSampler | None) -> torch.Tensor:

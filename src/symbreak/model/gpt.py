@@ -77,6 +77,9 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, sb, layer) for layer in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        # how the loss's elementwise work runs (loss.py): an implementation choice, not part of
+        # the architecture, so the trainer sets it (train.loss_kernel)
+        self.loss_kernel = "eager"
         self.reset_parameters()
 
     # ---- initialisation ---------------------------------------------------------------
@@ -110,7 +113,7 @@ class GPT(nn.Module):
         if targets is None:
             return self.output(x), None
         # Training and validation need only the loss: fused, chunked, no (B, T, V) logits.
-        return None, linear_cross_entropy(x, self.wte.weight, targets)
+        return None, linear_cross_entropy(x, self.wte.weight, targets, kernel=self.loss_kernel)
 
     def _prefix_loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Bidirectional loss: ``CE(LN_f(h_L(x_0..x_t))_t W^T, y_t)`` for every position t with
@@ -119,7 +122,9 @@ class GPT(nn.Module):
         if not cols:
             cols = [idx.shape[1] - 1]  # all ignored: the loss is 0 over 0 targets, as causal
         h = torch.stack([self.hidden(idx[:, : t + 1])[:, -1] for t in cols], dim=1)
-        return linear_cross_entropy(h, self.wte.weight, targets[:, cols].contiguous())
+        return linear_cross_entropy(
+            h, self.wte.weight, targets[:, cols].contiguous(), kernel=self.loss_kernel
+        )
 
     def hidden(self, idx: torch.Tensor) -> torch.Tensor:
         """The trunk: ``LN_f(h_L)``, (B, T, C), everything before the output layer."""

@@ -50,6 +50,7 @@ from symbreak.device import autocast, resolve_dtype
 from symbreak.errors import CheckpointError, ConfigError, TrainingError
 from symbreak.eval.val_loss import loss_sums
 from symbreak.model import GPT
+from symbreak.model.loss import choose_loss_kernel
 from symbreak.optim import build_optimizer, lr_at, optimizer_step, set_lr
 from symbreak.progress import Progress
 from symbreak.train.checkpoint import (
@@ -146,6 +147,13 @@ def train(cfg: Config) -> RunSummary:
         raise
     finally:
         env.close()
+
+
+def resolve_loss_kernel(cfg: Config, device: torch.device) -> str:
+    """``train.loss_kernel`` for this run: auto weighs the run's whole budget of logits."""
+    run_logits = cfg.total_steps * cfg.tokens_per_step * cfg.model.vocab_size
+    dtype = resolve_dtype(cfg.train.dtype, device)
+    return choose_loss_kernel(cfg.train.loss_kernel, device.type, dtype, run_logits)
 
 
 def apply_threads(threads: int) -> None:
@@ -327,6 +335,7 @@ class Trainer:
             addition=addition_spec(cfg.data),
         )
         model = GPT(cfg.model, cfg.sb).to(self.device)
+        model.loss_kernel = resolve_loss_kernel(cfg, self.device)
         if cfg.model.init_from and resumed is None:  # a resumed run has its own weights
             from symbreak.integrations.init_from import init_model_from
 

@@ -221,3 +221,24 @@ def test_bf16_loss_curve_tracks_fp32_over_100_steps(tmp_path, cache_dir):
             if a[key]:
                 assert abs(float(a[key]) - float(b[key])) < 0.05, (a["step"], key, a[key], b[key])
     assert float(curves["bf16"][-1]["train_loss"]) < float(curves["bf16"][1]["train_loss"]) - 2
+
+
+def test_a_failing_compile_trains_eagerly_after_one_warning(tmp_path, cache_dir, monkeypatch):
+    """train.compile=true on a machine where compiling fails (no C++ compiler, say): the run
+    warns once and finishes on the eager model."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    import symbreak.compiling
+
+    def broken_compile(fn, **kw):
+        def run(*a, **k):
+            raise TorchDynamoException("InvalidCxxCompiler: No working C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(symbreak.compiling.torch, "compile", broken_compile)
+    with pytest.warns(RuntimeWarning, match=r"train\.compile=true: compiling failed") as got:
+        _, summary = run(tmp_path, cache_dir, "train.compile=true", "train.max_steps=3",
+                         "model.n_layer=1", "train.name=nocc")
+    assert summary.steps == 3
+    assert sum("compiling failed" in str(w.message) for w in got) == 1

@@ -94,6 +94,7 @@ from symbreak.analysis.noether_log import FILENAME as NOETHER_CSV
 from symbreak.analysis.noether_log import NoetherLog
 from symbreak.bench import TRAIN_STEPS as DEFAULT_STEPS
 from symbreak.bench import TRAIN_WARMUP as DEFAULT_WARMUP
+from symbreak.compiling import CompiledOrEager
 from symbreak.config import Config
 from symbreak.data import TrainBatches, load_data
 from symbreak.device import autocast, resolve_device, resolve_dtype
@@ -334,8 +335,9 @@ class _Run:
         self.model.train()
         self.opt = build_optimizer(self.model, cfg.optim, seed=seed)
         self.grad_clip = cfg.optim.grad_clip
-        self.step_model: Callable[..., Any] = torch.compile(self.model) if compile else self.model
-        self.compiled = compile
+        self.step_model: Callable[..., Any] = (
+            CompiledOrEager(self.model, "--compile") if compile else self.model
+        )
         self.dev, self.ctx = dev, lambda: autocast(dev, amp)
         self.flops_per_token = model_flops_per_token(self.model)
         self.times: list[float] = []
@@ -362,6 +364,10 @@ class _Run:
             torch.cuda.synchronize(self.dev)
         return (time.perf_counter() - t0) * 1e3
 
+    @property
+    def compile_ok(self) -> bool:
+        return isinstance(self.step_model, CompiledOrEager) and not self.step_model.failed
+
     def report(self, tokens_per_step: int, peak: float) -> dict[str, Any]:
         med = statistics.median(self.times)
         tok_s = tokens_per_step / (med / 1e3)
@@ -375,7 +381,8 @@ class _Run:
             "achieved_flops_per_s": achieved,
             "mfu": achieved / peak,
             # the first step compiles; with no warm-up it is a measured step instead
-            "compile_s": (self.warmup_ms or self.times)[0] / 1e3 if self.compiled else None,
+            # (null too when compiling failed and the model ran eagerly after a warning)
+            "compile_s": (self.warmup_ms or self.times)[0] / 1e3 if self.compile_ok else None,
         }
 
 

@@ -28,10 +28,9 @@ the other rows.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
-
 import torch
+
+from symbreak.compiling import CompiledOrEager
 
 IGNORE_INDEX = -100
 LOSS_KERNELS = ("eager", "compiled")
@@ -99,31 +98,23 @@ def _terms_fusable(z: torch.Tensor, y: torch.Tensor, acc: torch.dtype, need_grad
     return nll, (torch.exp(zf - lse) - onehot.to(acc)).to(z.dtype)
 
 
-_compiled: dict[str, Callable | None] = {}  # device type -> compiled terms (None: failed)
+_compiled: dict[str, CompiledOrEager] = {}  # per device type
 
 
 def _terms_compiled(z: torch.Tensor, y: torch.Tensor, acc: torch.dtype, need_grad: bool):
     if torch.compiler.is_compiling():  # inside a compiled model (train.compile): inline it
         return _terms_fusable(z, y, acc, need_grad)
-    dev = z.device.type
-    fn = _compiled.get(dev, _terms_compiled)
-    if fn is _terms_compiled:  # first use on this device type
-        # dynamic=True: one kernel serves every chunk height (the last chunk is shorter).
-        fn = _compiled[dev] = torch.compile(_terms_fusable, dynamic=True, fullgraph=True)
+    fn = _compiled.get(z.device.type)
     if fn is None:
-        return _terms_eager(z, y, acc, need_grad)
-    try:
-        return fn(z, y, acc, need_grad)
-    except Exception as exc:
-        _compiled[dev] = None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        warnings.warn(
-            f"train.loss_kernel=compiled: compiling the loss kernel failed ({first[:200]}); "
-            "using the eager kernel (set train.loss_kernel=eager to skip the attempt)",
-            RuntimeWarning,
-            stacklevel=2,
+        # dynamic=True: one kernel serves every chunk height (the last chunk may be shorter).
+        fn = _compiled[z.device.type] = CompiledOrEager(
+            _terms_fusable,
+            "train.loss_kernel=compiled",
+            fallback=_terms_eager,
+            dynamic=True,
+            fullgraph=True,
         )
-        return _terms_eager(z, y, acc, need_grad)
+    return fn(z, y, acc, need_grad)
 
 
 _TERMS = {"eager": _terms_eager, "compiled": _terms_compiled}

@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from symbreak.analysis.noether_log import FILENAME as NOETHER_CSV
 from symbreak.analysis.noether_log import NoetherLog
 from symbreak.atomic import write_text_atomic
+from symbreak.compiling import CompiledOrEager
 from symbreak.config import Config, flatten
 from symbreak.data import (
     TrainBatches,
@@ -416,7 +417,7 @@ class Trainer:
             state["elapsed_s"] = float(resumed.get("elapsed_s", 0.0))
 
         wrapped = DistributedDataParallel(model) if env.enabled and not fsdp else model
-        step_model = torch.compile(wrapped) if t.compile else wrapped
+        step_model = CompiledOrEager(wrapped, "train.compile=true") if t.compile else wrapped
         ctx = autocast(self.device, self.dtype)
 
         def validate() -> float:

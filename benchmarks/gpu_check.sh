@@ -2,8 +2,9 @@
 # The GPU check (issue #14), one run of at most ~8 minutes on a lent GPU machine:
 #   1. the CUDA tests (tests/test_cuda.py: fp32 vs CPU, bf16 autocast, the flash kernel, AdamW
 #      and ECD steps, a bf16 training run with resume; DDP over NCCL when there are 2 GPUs);
-#   2. `symbreak bench train model.preset=124m` in bf16, eager and with --compile (MFU against
-#      the in-run bf16 matmul peak; target >= 0.4);
+#   2. `symbreak bench train model.preset=124m` in bf16: the defaults, the compiled loss kernel
+#      (train.loss_kernel=compiled, Triton; `auto` stays eager on CUDA until this is measured)
+#      and --compile (MFU against the in-run bf16 matmul peak; target >= 0.4);
 #   3. `symbreak bench optim --preset 124m --device cuda` (ECD step / AdamW step);
 #   4. a 50-step 124m training run with bQ+bV and ECD (the paper's ECD settings, Shakespeare);
 # then prints one JSON summary (also written to OUT/summary.json), each part's log beside it.
@@ -54,12 +55,15 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run, keep its log, record its exit c
 : >"$OUT/steps.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
   >"$OUT/gpu.txt" 2>&1
-step cuda_tests 110 $PY -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
-step bench_bf16 80 $PY -m symbreak bench train model.preset=124m --dtype bf16 --json
-step bench_bf16_compile 140 $PY -m symbreak bench train model.preset=124m --dtype bf16 \
+# timeouts total 475 s
+step cuda_tests 100 $PY -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
+step bench_bf16 70 $PY -m symbreak bench train model.preset=124m --dtype bf16 --json
+step bench_bf16_loss_kernel 60 $PY -m symbreak bench train model.preset=124m --dtype bf16 \
+  train.loss_kernel=compiled --json
+step bench_bf16_compile 120 $PY -m symbreak bench train model.preset=124m --dtype bf16 \
   --compile --json
-step bench_optim 50 $PY -m symbreak bench optim --preset 124m --device cuda --json
-step train_ecd 90 $PY -m symbreak train -c configs/paper/ecd-bQbV-gelu.toml \
+step bench_optim 45 $PY -m symbreak bench optim --preset 124m --device cuda --json
+step train_ecd 80 $PY -m symbreak train -c configs/paper/ecd-bQbV-gelu.toml \
   data.source=shakespeare train.max_tokens=0 train.max_steps=50 train.eval_every=50 \
   train.eval_tokens=65536 train.checkpoint_every=50 train.device=cuda train.dtype=bf16 \
   train.progress=false "train.out_dir=$OUT/runs" train.name=ecd-bQbV-124m
@@ -83,11 +87,11 @@ def last_json(name):
     except ValueError:
         return None
 
-for name in ("bench_bf16", "bench_bf16_compile"):
+for name in ("bench_bf16", "bench_bf16_loss_kernel", "bench_bf16_compile"):
     b = last_json(name)
     if b:
         summary[name] = {k: b.get(k) for k in ("tok_per_s", "mfu", "step_ms", "compile_s",
-                         "matmul_peak_flops_per_s", "sb_overhead", "torch")}
+                         "loss_kernel", "matmul_peak_flops_per_s", "sb_overhead", "torch")}
 b = last_json("bench_optim")
 if b:
     summary["bench_optim"] = b

@@ -84,7 +84,7 @@ def reuse_freed_memory() -> bool:
     32 MiB) with a fresh ``mmap`` and unmaps it on ``free``. A training step allocates and frees
     the same tens-of-MB temporaries again and again (the loss's (rows, V) chunks and gradient
     promotions, weight casts), and each one is then faulted in page by page anew: on the 2-core
-    machine that took 30% of a tiny bf16 step (docs/performance.md, "Allocator"). Raising the
+    machine that took 30% of a tiny bf16 step (docs/performance.md, "The allocator"). Raising the
     mmap and trim thresholds lets malloc reuse those blocks; the peak RSS measured the same.
     This is why tcmalloc or jemalloc are recommended for PyTorch on CPU; glibc's own knobs do
     it without another library.

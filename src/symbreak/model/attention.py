@@ -44,7 +44,8 @@ docs/performance.md).
 Under bf16 autocast on a CPU, sequences shorter than ``CPU_BF16_ATTENTION_MIN_T`` run the
 attention kernel in fp32 (q, k, v upcast, the output cast back): torch's bf16 flash backward
 on CPU is slower than its fp32 one there (4x at T=64, 2.4x at T=128 and d=32, even at
-T=512 and d=32); from T~1024 bf16 wins (measured in docs/performance.md, "Attention dtype").
+T=512 and d=32); from T~1024 bf16 wins (docs/performance.md, "Attention in fp32 for short
+bf16 sequences on CPU").
 """
 
 from __future__ import annotations

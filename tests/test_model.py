@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from symbreak.config import ModelConfig, SBConfig
 from symbreak.model import GPT, BiasSampler, FeaturePReLU
-from symbreak.model.attention import CPU_BF16_ATTENTION_MIN_T, _attention
+from symbreak.model.attention import CPU_BF16_ATTENTION_MIN_TD, _attention
 
 L, H, C, T, V = 2, 4, 32, 12, 97
 D = C // H
@@ -318,8 +318,8 @@ def _qkv(t: int, dtype: torch.dtype) -> list[torch.Tensor]:
 
 
 def test_short_bf16_attention_on_cpu_runs_in_fp32():
-    """Below CPU_BF16_ATTENTION_MIN_T the kernel sees fp32 (faster there); the result and the
-    gradients come back in bf16, equal to the fp32 computation rounded once."""
+    """Below CPU_BF16_ATTENTION_MIN_TD (T x d_head) the kernel sees fp32 (faster there); the
+    result and the gradients come back in bf16, equal to the fp32 computation rounded once."""
     q, k, v = _qkv(T, torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = _attention(q, k, v, None, True, 0.0)
@@ -331,7 +331,7 @@ def test_short_bf16_attention_on_cpu_runs_in_fp32():
 
 
 def test_long_bf16_attention_keeps_the_bf16_kernel():
-    q, k, v = _qkv(CPU_BF16_ATTENTION_MIN_T, torch.bfloat16)
+    q, k, v = _qkv(CPU_BF16_ATTENTION_MIN_TD // D, torch.bfloat16)
     with torch.no_grad():
         y = _attention(q, k, v, None, True, 0.0)
         ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -41,11 +41,11 @@ Causal masks and bidirectional attention, with or without RoPE, keep the fused k
 rules out the flash kernel: SDPA then falls back to a slower path (measured in
 docs/performance.md).
 
-Under bf16 autocast on a CPU, sequences shorter than ``CPU_BF16_ATTENTION_MIN_T`` run the
+Under bf16 autocast on a CPU, heads with ``T * d_head < CPU_BF16_ATTENTION_MIN_TD`` run the
 attention kernel in fp32 (q, k, v upcast, the output cast back): torch's bf16 flash backward
-on CPU is slower than its fp32 one there (4x at T=64, 2.4x at T=128 and d=32, even at
-T=512 and d=32); from T~1024 bf16 wins (docs/performance.md, "Attention in fp32 for short
-bf16 sequences on CPU").
+on CPU is slower than its fp32 one for short sequences and narrow heads (4x at T=64 and d=32,
+2.4x at T=128, ~1.05x at T*d = 16384); from T*d = 32768 bf16 wins (docs/performance.md,
+"Attention in fp32 for short bf16 sequences on CPU").
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from symbreak.config import ModelConfig, SBConfig
 from symbreak.model.bias import BiasSampler
 from symbreak.model.positional import alibi_bias, alibi_slopes, apply_rope, rope_angles
 
-CPU_BF16_ATTENTION_MIN_T = 1024
+CPU_BF16_ATTENTION_MIN_TD = 32768
 
 
 class SelfAttention(nn.Module):
@@ -138,11 +138,8 @@ def _attention(
 ) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d) + mask) v`` by the fused kernel; in fp32 for short bf16
     sequences on CPU (module docstring)."""
-    if (
-        q.device.type == "cpu"
-        and q.dtype == torch.bfloat16
-        and q.shape[-2] < CPU_BF16_ATTENTION_MIN_T
-    ):
+    short = q.shape[-2] * q.shape[-1] < CPU_BF16_ATTENTION_MIN_TD
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and short:
         with torch.autocast("cpu", enabled=False):
             y = F.scaled_dot_product_attention(
                 q.float(),

@@ -337,6 +337,11 @@ class Trainer:
         )
         model = GPT(cfg.model, cfg.sb).to(self.device)
         model.loss_kernel = resolve_loss_kernel(cfg, self.device)
+        if model.loss_kernel == "compiled":
+            self._say(
+                f"loss kernel: compiled (train.loss_kernel={t.loss_kernel}); the first training "
+                "step and the first evaluation each compile theirs, a few seconds"
+            )
         if cfg.model.init_from and resumed is None:  # a resumed run has its own weights
             from symbreak.integrations.init_from import init_model_from
 

@@ -152,7 +152,7 @@ class TrainConfig:
     dtype: str = _choices("auto", "fp32", "bf16", default="auto")  # auto: bf16 where native
     compile: bool = False
     # the loss's elementwise kernel (model/loss.py): compiled fuses it (needs a C++ compiler);
-    # auto compiles on CPU when the run is long enough to repay the few seconds of compiling
+    # auto compiles for bf16 on CPU when the run is long enough to repay the seconds it takes
     loss_kernel: str = _choices("auto", "compiled", "eager", default="auto")
     checkpoint_every: int = 0  # steps; 0: only at the end
     keep_checkpoints: int = 3  # newest checkpoints kept; 0: all

@@ -24,17 +24,19 @@ def _first_line(exc: BaseException) -> str:
 
 class CompiledOrEager:
     """Call ``torch.compile(fn, **compile_kw)``; if compiling fails, warn (naming ``setting``,
-    the config key that asked for it) and call ``fallback`` (default ``fn``) ever after."""
+    what asked for it, and ``off``, the setting that skips the attempt) and call ``fallback``
+    (default ``fn``) ever after."""
 
     def __init__(
         self,
         fn: Callable[..., Any],
         setting: str,
+        off: str,
         fallback: Callable[..., Any] | None = None,
         **compile_kw: Any,
     ) -> None:
         self.fallback = fallback if fallback is not None else fn
-        self.setting = setting
+        self.setting, self.off = setting, off
         self.compiled: Callable[..., Any] | None = torch.compile(fn, **compile_kw)
 
     @property
@@ -49,7 +51,7 @@ class CompiledOrEager:
                 self.compiled = None
                 warnings.warn(
                     f"{self.setting}: compiling failed ({_first_line(exc)}); running eagerly "
-                    "from here on (turn the setting off to skip the attempt)",
+                    f"from here on ({self.off} skips the attempt)",
                     RuntimeWarning,
                     stacklevel=2,
                 )

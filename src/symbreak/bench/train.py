@@ -336,7 +336,9 @@ class _Run:
         self.opt = build_optimizer(self.model, cfg.optim, seed=seed)
         self.grad_clip = cfg.optim.grad_clip
         self.step_model: Callable[..., Any] = (
-            CompiledOrEager(self.model, "--compile") if compile else self.model
+            CompiledOrEager(self.model, "--compile", "leaving out --compile")
+            if compile
+            else self.model
         )
         self.dev, self.ctx = dev, lambda: autocast(dev, amp)
         self.flops_per_token = model_flops_per_token(self.model)

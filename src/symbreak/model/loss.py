@@ -110,7 +110,8 @@ def _terms_compiled(z: torch.Tensor, y: torch.Tensor, acc: torch.dtype, need_gra
         # dynamic=True: one kernel serves every chunk height (the last chunk may be shorter).
         fn = _compiled[z.device.type] = CompiledOrEager(
             _terms_fusable,
-            "train.loss_kernel=compiled",
+            "the compiled loss kernel (train.loss_kernel)",
+            "train.loss_kernel=eager",
             fallback=_terms_eager,
             dynamic=True,
             fullgraph=True,

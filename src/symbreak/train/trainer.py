@@ -422,7 +422,11 @@ class Trainer:
             state["elapsed_s"] = float(resumed.get("elapsed_s", 0.0))
 
         wrapped = DistributedDataParallel(model) if env.enabled and not fsdp else model
-        step_model = CompiledOrEager(wrapped, "train.compile=true") if t.compile else wrapped
+        step_model = (
+            CompiledOrEager(wrapped, "train.compile=true", "train.compile=false")
+            if t.compile
+            else wrapped
+        )
         ctx = autocast(self.device, self.dtype)
 
         def validate() -> float:

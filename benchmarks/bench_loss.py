@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from symbreak.device import reuse_freed_memory
+from symbreak.allocator import reuse_freed_memory
 from symbreak.model.loss import default_chunk_rows, linear_cross_entropy
 
 

@@ -23,8 +23,8 @@ import time
 
 import torch
 
+from symbreak.allocator import reuse_freed_memory
 from symbreak.config import Config
-from symbreak.device import reuse_freed_memory
 from symbreak.model import GPT
 
 

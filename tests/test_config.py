@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from symbreak.allocator import reuse_freed_memory
 from symbreak.config import PRESETS, Config, all_keys
-from symbreak.device import reuse_freed_memory
 from symbreak.errors import ConfigError
 
 

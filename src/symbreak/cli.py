@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 
 from symbreak import __version__
+from symbreak.allocator import reuse_freed_memory
 from symbreak.argtypes import float_range, int_range
-from symbreak.device import reuse_freed_memory
 from symbreak.errors import SymbreakError
 
 

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch._dynamo.exc import TorchDynamoException
 
 
 def _first_line(exc: BaseException) -> str:
@@ -47,7 +46,13 @@ class CompiledOrEager:
         if self.compiled is not None:
             try:
                 return self.compiled(*args, **kwargs)
-            except TorchDynamoException as exc:
+            except Exception as exc:
+                # imported here: torch._dynamo takes ~1 s to import, and every command imports
+                # this module (through the model) before knowing whether it compiles anything
+                from torch._dynamo.exc import TorchDynamoException
+
+                if not isinstance(exc, TorchDynamoException):
+                    raise
                 self.compiled = None
                 warnings.warn(
                     f"{self.setting}: compiling failed ({_first_line(exc)}); running eagerly "

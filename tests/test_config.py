@@ -147,3 +147,13 @@ def test_loss_kernel_setting_is_checked():
     assert Config.load().train.loss_kernel == "auto"
     with pytest.raises(ConfigError, match=r"train\.loss_kernel"):
         Config.load(overrides=["train.loss_kernel=triton"])
+
+
+def test_the_cli_and_the_model_start_without_torch_dynamo():
+    """`symbreak --help` imports no torch at all, and importing the model does not pull in
+    torch._dynamo (about 1 s): both are loaded only by commands that use them."""
+    code = (
+        "import sys, symbreak.cli; assert 'torch' not in sys.modules; "
+        "import symbreak.model; assert 'torch._dynamo' not in sys.modules, 'dynamo imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

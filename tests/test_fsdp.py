@@ -151,7 +151,7 @@ def test_sharded_ecd_is_the_single_process_maths_in_float64(projection, weight_d
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(worker), projection, str(weight_decay)],
         capture_output=True, text=True, env=ENV, timeout=120)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-500:] + done.stderr[-3000:]
     worst = float(re.search(r"max difference (\S+)", done.stdout).group(1))
     assert worst < 1e-12, worst
 

@@ -118,22 +118,16 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 PAPER_CODE_TOK_PER_S_PER_FP32_GFLOPS = 10.9
 
 
+# (n_layer, n_head, n_embd, block_size, batch_size) of that configuration
+PAPER_CODE_SHAPE = (4, 4, 128, 128, 8)
+
+
 def _is_paper_code_config(cfg: Config) -> bool:
     """L4 H4 C128, context 128, batch 8, the GPT-2 vocabulary, AdamW: the configuration the
     paper's code was timed on, where ``x_paper_code`` means something."""
     m = cfg.model
-    return (
-        (m.n_layer, m.n_head, m.n_embd, m.block_size, cfg.train.batch_size)
-        == (
-            4,
-            4,
-            128,
-            128,
-            8,
-        )
-        and m.vocab_size >= 50257
-        and cfg.optim.name == "adamw"
-    )
+    shape = (m.n_layer, m.n_head, m.n_embd, m.block_size, cfg.train.batch_size)
+    return shape == PAPER_CODE_SHAPE and m.vocab_size >= 50257 and cfg.optim.name == "adamw"
 
 
 def model_flops_per_token(model: GPT) -> int:
@@ -174,8 +168,7 @@ def bench_train(
     dev = resolve_device(cfg.train.device, option="train.device")
     amp = resolve_dtype(cfg.train.dtype, dev)
     compile = compile or cfg.train.compile
-    loss_kernel = resolve_loss_kernel(cfg, dev)
-    bf16 = amp == torch.bfloat16
+    loss_kernel = resolve_loss_kernel(cfg, dev, amp)
     t, m = cfg.train, cfg.model
     micro = t.micro_batch_size or t.batch_size
     accum = t.batch_size // micro
@@ -208,8 +201,8 @@ def bench_train(
         f"kernel: {warmup} warm-up + "
         f"{steps} measured rounds of both models"
     )
-    peak_rates = _matmul_rates(n_mm, amp, dev, MATMUL_REPS // 2)
-    fp32_rates = _matmul_rates(n_mm, torch.float32, dev, MATMUL_REPS // 2) if bf16 else []
+    # the run's dtype for MFU, and fp32 (the same when it is) for tokens/s per fp32 GFLOP/s
+    rates = {d: _matmul_rates(n_mm, d, dev, MATMUL_REPS // 2) for d in (amp, torch.float32)}
     start = time.perf_counter()
     gc.collect()
     gc.disable()  # a collection would land in one random step
@@ -233,11 +226,9 @@ def bench_train(
             noether.close()
         if scratch is not None:
             scratch.cleanup()
-    peak_rates += _matmul_rates(n_mm, amp, dev, MATMUL_REPS - MATMUL_REPS // 2)
-    peak = statistics.median(peak_rates)
-    if bf16:
-        fp32_rates += _matmul_rates(n_mm, torch.float32, dev, MATMUL_REPS - MATMUL_REPS // 2)
-    peak_fp32 = statistics.median(fp32_rates) if bf16 else peak
+    for d, r in rates.items():
+        r += _matmul_rates(n_mm, d, dev, MATMUL_REPS - MATMUL_REPS // 2)
+    peak, peak_fp32 = (statistics.median(rates[d]) for d in (amp, torch.float32))
 
     loader_tok_s = _loader_tok_per_s(cfg, micro)
     prof = None

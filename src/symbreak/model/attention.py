@@ -50,6 +50,8 @@ on CPU is slower than its fp32 one for short sequences and narrow heads (4x at T
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -138,21 +140,17 @@ def _attention(
 ) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d) + mask) v`` by the fused kernel; in fp32 for short bf16
     sequences on CPU (module docstring)."""
+    dtype = q.dtype
     short = q.shape[-2] * q.shape[-1] < CPU_BF16_ATTENTION_MIN_TD
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and short:
-        with torch.autocast("cpu", enabled=False):
-            y = F.scaled_dot_product_attention(
-                q.float(),
-                k.float(),
-                v.float(),
-                attn_mask=None if mask is None else mask.float(),
-                is_causal=causal,
-                dropout_p=dropout_p,
-            )
-        return y.to(q.dtype)
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout_p
-    )
+    upcast = q.device.type == "cpu" and dtype == torch.bfloat16 and short
+    if upcast:
+        q, k, v = q.float(), k.float(), v.float()
+        mask = None if mask is None else mask.float()
+    with torch.autocast("cpu", enabled=False) if upcast else contextlib.nullcontext():
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout_p
+        )
+    return y.to(dtype)
 
 
 def _add_bias(t: torch.Tensor, sampler: BiasSampler | None) -> torch.Tensor:

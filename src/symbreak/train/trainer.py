@@ -150,10 +150,10 @@ def train(cfg: Config) -> RunSummary:
         env.close()
 
 
-def resolve_loss_kernel(cfg: Config, device: torch.device) -> str:
-    """``train.loss_kernel`` for this run: auto weighs the run's whole budget of logits."""
+def resolve_loss_kernel(cfg: Config, device: torch.device, dtype: torch.dtype) -> str:
+    """``train.loss_kernel`` for this run (``dtype``: its resolved compute dtype): auto weighs
+    the run's whole budget of logits."""
     run_logits = cfg.total_steps * cfg.tokens_per_step * cfg.model.vocab_size
-    dtype = resolve_dtype(cfg.train.dtype, device)
     return choose_loss_kernel(cfg.train.loss_kernel, device.type, dtype, run_logits)
 
 
@@ -336,7 +336,7 @@ class Trainer:
             addition=addition_spec(cfg.data),
         )
         model = GPT(cfg.model, cfg.sb).to(self.device)
-        model.loss_kernel = resolve_loss_kernel(cfg, self.device)
+        model.loss_kernel = resolve_loss_kernel(cfg, self.device, self.dtype)
         if model.loss_kernel == "compiled":
             self._say(
                 f"loss kernel: compiled (train.loss_kernel={t.loss_kernel}); the first training "

@@ -24,7 +24,7 @@ import time
 import torch
 
 from symbreak.allocator import reuse_freed_memory
-from symbreak.config import Config
+from symbreak.data import load_config
 from symbreak.model import GPT
 
 
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--preset", default="small")
     args = ap.parse_args()
     reuse_freed_memory()  # as every symbreak command does
-    cfg = Config.load(overrides=[f"model.preset={args.preset}"])
+    cfg = load_config(overrides=[f"model.preset={args.preset}"])
     params = [p.detach() for p in GPT(cfg.model, cfg.sb).parameters()]
     torch.manual_seed(0)
     grads = [torch.randn_like(p) for p in params]

@@ -11,7 +11,7 @@ import torch
 
 from symbreak.cli import main
 from symbreak.config import Config
-from symbreak.data import load_data
+from symbreak.data import load_config, load_data
 from symbreak.data.addition import (
     LINE,
     AdditionSpec,
@@ -75,10 +75,10 @@ def test_cached_dataset_loads_as_windows(tmp_path: Path) -> None:
 
 def test_config_checks_the_vocabulary() -> None:
     with pytest.raises(ConfigError, match=r"model\.vocab_size"):
-        Config.load(None, ["data.source=addition", "model.vocab_size=12"])
+        load_config(None, ["data.source=addition", "model.vocab_size=12"])
     with pytest.raises(ConfigError, match=r"data\.addition_train"):
-        Config.load(None, ["data.source=addition", "data.addition_train=999000"])
-    cfg = Config.load(None, ["data.source=addition", "model.vocab_size=16"])
+        load_config(None, ["data.source=addition", "data.addition_train=999000"])
+    cfg = load_config(None, ["data.source=addition", "model.vocab_size=16"])
     assert (cfg.data.addition_train, cfg.data.addition_val) == (100000, 2000)
 
 
@@ -113,7 +113,7 @@ class Oracle(torch.nn.Module):
 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_eval_scores_an_oracle_and_a_wrong_thousands_digit(reverse: bool) -> None:
-    cfg = Config.load(None, ["data.source=addition", "model.vocab_size=16",
+    cfg = load_config(None, ["data.source=addition", "model.vocab_size=16",
                              "data.addition_train=100", "data.addition_val=40",
                              f"data.addition_reverse={str(reverse).lower()}"])  # fmt: skip
     r = evaluate_addition(Oracle(reverse), cfg)
@@ -167,7 +167,7 @@ def test_training_on_addition_with_the_new_switches(tmp_path: Path) -> None:
 
     from symbreak.train.trainer import train
 
-    cfg = Config.load(None, ["data.source=addition", "data.addition_train=400",
+    cfg = load_config(None, ["data.source=addition", "data.addition_train=400",
                              "data.addition_val=100", f"data.cache_dir={tmp_path / 'c'}",
                              "model.vocab_size=16", "model.block_size=26", "model.n_layer=1",
                              "model.n_head=2", "model.n_embd=16", "model.pos_encoding=rope",
@@ -194,7 +194,7 @@ def test_addition_runs_log_exact_match_and_the_report_reads_it(tmp_path: Path, c
               "train.batch_size=4", "train.eval_tokens=130", "train.progress=false",
               f"train.out_dir={tmp_path / 'runs'}", "optim.lr=1e-2"]  # fmt: skip
     for name, pe, mask in (("a", "learned", "causal"), ("b", "none", "bidirectional")):
-        train(Config.load(None, [*common, f"train.name={name}", f"model.pos_encoding={pe}",
+        train(load_config(None, [*common, f"train.name={name}", f"model.pos_encoding={pe}",
                                  f"model.mask={mask}"]))  # fmt: skip
         rows = [r for r in read_metrics(tmp_path / "runs" / name / "metrics.csv") if r["val_loss"]]
         assert [r["step"] for r in rows] == ["0", "2", "4"]
@@ -226,7 +226,7 @@ def test_a_leading_newline_variant_moves_the_answer_one_place(tmp_path: Path) ->
     assert decode_chars(encode_problems(probs, False, bos=True)) == "\n042+917=0959"
     base = ["data.source=addition", "model.block_size=13", "model.mask=bidirectional",
             "data.addition_train=100", "data.addition_val=40"]  # fmt: skip
-    plain, bos = (Config.load(None, [*base, f"data.addition_bos={b}"]) for b in ("false", "true"))
+    plain, bos = (load_config(None, [*base, f"data.addition_bos={b}"]) for b in ("false", "true"))
     assert addition_spec(plain.data).key != addition_spec(bos.data).key
     assert run_loss_positions(plain).nonzero().flatten().tolist() == [7, 8, 9, 10]
     assert run_loss_positions(bos).nonzero().flatten().tolist() == [8, 9, 10, 11]

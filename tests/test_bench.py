@@ -7,7 +7,7 @@ import pytest
 
 from symbreak.bench.cli import register
 from symbreak.bench.optim import bench_optim, format_table
-from symbreak.config import Config
+from symbreak.data import load_config
 from symbreak.errors import ConfigError
 from symbreak.model import GPT
 
@@ -53,7 +53,7 @@ def test_ratios_are_ratios_of_the_reported_medians(result: dict) -> None:
 
 
 def test_state_sizes(result: dict) -> None:
-    cfg = Config.load(overrides=["model.preset=tiny", *OVERRIDES])
+    cfg = load_config(overrides=["model.preset=tiny", *OVERRIDES])
     n = sum(p.numel() for p in GPT(cfg.model, cfg.sb).parameters())
     assert result["params"] == n
     sb = result["state_bytes"]

@@ -22,7 +22,7 @@ from symbreak.bench.train import (
     format_table,
     model_flops_per_token,
 )
-from symbreak.config import Config
+from symbreak.data import load_config
 from symbreak.device import cpu_has_native_bf16
 from symbreak.model import GPT
 
@@ -117,10 +117,10 @@ def test_derived_figures(result: dict) -> None:
 
 
 def test_paper_code_configuration_is_recognised() -> None:
-    assert _is_paper_code_config(Config.load(overrides=["model.preset=tiny"]))
-    assert not _is_paper_code_config(Config.load(overrides=["model.preset=small"]))
-    assert not _is_paper_code_config(Config.load(overrides=["optim.name=ecd"]))
-    assert not _is_paper_code_config(Config.load(overrides=SMALL))
+    assert _is_paper_code_config(load_config(overrides=["model.preset=tiny"]))
+    assert not _is_paper_code_config(load_config(overrides=["model.preset=small"]))
+    assert not _is_paper_code_config(load_config(overrides=["optim.name=ecd"]))
+    assert not _is_paper_code_config(load_config(overrides=SMALL))
 
 
 def test_model_flops_per_token_by_hand(result: dict) -> None:
@@ -140,7 +140,7 @@ def test_model_flops_per_token_by_hand(result: dict) -> None:
     assert result["model_flops_per_token"] == expected
     assert result["symmetric"]["model_flops_per_token"] == expected  # batch biases: buffers
     assert result["params_non_embedding"] == non_embedding
-    cfg = Config.load(overrides=SMALL)
+    cfg = load_config(overrides=SMALL)
     assert model_flops_per_token(GPT(cfg.model, cfg.sb)) == expected
 
 

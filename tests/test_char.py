@@ -7,8 +7,7 @@ import json
 import pytest
 
 from symbreak.cli import main
-from symbreak.config import Config
-from symbreak.data import CharTokenizer, load_data, tokenizer_from_meta
+from symbreak.data import CharTokenizer, load_config, load_data, tokenizer_from_meta
 from symbreak.data.corpus import cached_shakespeare
 from symbreak.errors import DataError
 
@@ -43,10 +42,10 @@ def test_shakespeare_char_is_split_by_work_like_the_gpt2_version(cache):
 
 
 def test_vocab_size_follows_the_data_and_a_mismatch_names_both(cache):
-    cfg = Config.load(overrides=["data.source=shakespeare_char", f"data.cache_dir={cache}"])
+    cfg = load_config(overrides=["data.source=shakespeare_char", f"data.cache_dir={cache}"])
     meta = json.loads((cached_shakespeare(cache, tokenizer="char") / "meta.json").read_text())
     assert cfg.model.vocab_size == meta["vocab_size"] < 200
-    assert Config.load(overrides=[f"data.cache_dir={cache}"]).model.vocab_size == 50304
+    assert load_config(overrides=[f"data.cache_dir={cache}"]).model.vocab_size == 50304
     with pytest.raises(DataError, match=r"model.vocab_size=50304 .* has \d+ ids"):
         load_data("shakespeare_char", 32, 50304, cache_dir=cache)
 

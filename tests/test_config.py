@@ -9,12 +9,13 @@ import sys
 import pytest
 
 from symbreak.allocator import reuse_freed_memory
-from symbreak.config import PRESETS, Config, all_keys
+from symbreak.config import PRESETS, all_keys
+from symbreak.data import load_config
 from symbreak.errors import ConfigError
 
 
 def test_defaults_resolve_to_the_tiny_preset_and_paper_optimizer_defaults():
-    cfg = Config.load()
+    cfg = load_config()
     assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (
         4,
         4,
@@ -28,7 +29,7 @@ def test_defaults_resolve_to_the_tiny_preset_and_paper_optimizer_defaults():
 
 
 def test_paper_preset_124m():
-    cfg = Config.load(overrides=["model.preset=124m"])
+    cfg = load_config(overrides=["model.preset=124m"])
     m = cfg.model
     assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.vocab_size) == (12, 12, 768, 512, 50304)
     assert m.activation == "prelu" and m.pos_encoding == "learned"
@@ -40,14 +41,14 @@ def test_paper_preset_124m():
     [("adamw", 1e-4, 0.01), ("sgdm", 0.03, 0.0), ("soap", 3e-4, 0.01), ("ecd", 1.0, 0.0)],
 )
 def test_optimizer_defaults_follow_the_paper(name, lr, wd):
-    cfg = Config.load(overrides=[f"optim.name={name}"])
+    cfg = load_config(overrides=[f"optim.name={name}"])
     assert cfg.optim.lr == lr and cfg.optim.weight_decay == wd
 
 
 def test_toml_then_overrides_take_precedence(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('[model]\nn_layer = 3\n[sb]\nq = true\nq_std = 0.1\n[train]\nname = "x"\n')
-    cfg = Config.load(f, ["model.n_layer=5", "sb.v_mean=0.5", "optim.F0=auto", "train.name=007"])
+    cfg = load_config(f, ["model.n_layer=5", "sb.v_mean=0.5", "optim.F0=auto", "train.name=007"])
     assert cfg.model.n_layer == 5 and cfg.model.n_head == 4  # rest of the preset kept
     assert cfg.sb.q and cfg.sb.q_std == 0.1 and cfg.sb.v_mean == 0.5
     assert cfg.optim.F0 == "auto"
@@ -55,10 +56,10 @@ def test_toml_then_overrides_take_precedence(tmp_path):
 
 
 def test_resolved_config_round_trips_through_toml(tmp_path):
-    cfg = Config.load(overrides=["sb.q=true", "optim.name=sgdm", "model.preset=small"])
+    cfg = load_config(overrides=["sb.q=true", "optim.name=sgdm", "model.preset=small"])
     f = tmp_path / "config.toml"
     f.write_text(cfg.to_toml())
-    assert Config.load(f) == cfg
+    assert load_config(f) == cfg
 
 
 @pytest.mark.parametrize(
@@ -81,24 +82,24 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
 )
 def test_config_errors_name_the_key(overrides, needle):
     with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("(", r"\(")):
-        Config.load(overrides=overrides)
+        load_config(overrides=overrides)
 
 
 def test_toml_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        Config.load(tmp_path / "missing.toml")
+        load_config(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[model\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
-        Config.load(bad)
+        load_config(bad)
     unknown = tmp_path / "unknown.toml"
     unknown.write_text("[modle]\nn_layer = 2\n")
     with pytest.raises(ConfigError, match=r"unknown section \[modle\]"):
-        Config.load(unknown)
+        load_config(unknown)
 
 
 def test_token_budget_sets_the_step_count():
-    cfg = Config.load(overrides=["train.max_tokens=10000", "train.batch_size=4"])
+    cfg = load_config(overrides=["train.max_tokens=10000", "train.batch_size=4"])
     assert cfg.tokens_per_step == 4 * 128
     assert cfg.total_steps == 20  # ceil(10000 / 512)
 
@@ -144,9 +145,9 @@ def test_reuse_freed_memory_respects_glibc_settings(monkeypatch):
 
 
 def test_loss_kernel_setting_is_checked():
-    assert Config.load().train.loss_kernel == "auto"
+    assert load_config().train.loss_kernel == "auto"
     with pytest.raises(ConfigError, match=r"train\.loss_kernel"):
-        Config.load(overrides=["train.loss_kernel=triton"])
+        load_config(overrides=["train.loss_kernel=triton"])
 
 
 def test_the_cli_and_the_model_start_without_torch_dynamo():

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from symbreak.config import Config
+from symbreak.data import load_config
 from symbreak.model import GPT
 from symbreak.optim import build_optimizer, optimizer_step
 
@@ -32,7 +33,7 @@ TINY = ["model.n_layer=2", "model.n_head=4", "model.n_embd=64", "model.block_siz
 
 
 def _model(extra: list[str] = ()) -> tuple[Config, GPT]:
-    cfg = Config.load(None, [*TINY, *extra])
+    cfg = load_config(None, [*TINY, *extra])
     torch.manual_seed(0)
     return cfg, GPT(cfg.model, cfg.sb)
 
@@ -154,7 +155,7 @@ def test_optimizer_step_matches_the_cpu(name: str) -> None:
 def test_training_run_on_the_device_with_bf16_and_resume(tmp_path) -> None:
     """The trainer on the device (bf16 autocast, bQ+bV, ECD): finite losses, a checkpoint that
     loads on the CPU, and a resumed run that reaches the same step."""
-    from symbreak.eval.runs import load_run
+    from symbreak.runs import load_run
     from symbreak.train.trainer import train
 
     args = [*TINY, "optim.name=ecd", "optim.lr=0.3", f"train.device={DEVICE}",
@@ -162,9 +163,9 @@ def test_training_run_on_the_device_with_bf16_and_resume(tmp_path) -> None:
             "train.max_steps=4", "train.eval_tokens=512", "train.progress=false",
             "train.checkpoint_every=2", f"train.out_dir={tmp_path}", "train.name=r",
             f"data.cache_dir={tmp_path / 'c'}"]  # fmt: skip
-    summary = train(Config.load(None, [*args, "train.max_steps=2"]))
+    summary = train(load_config(None, [*args, "train.max_steps=2"]))
     assert summary.steps == 2
-    summary = train(Config.load(None, args))  # resumes from step 2
+    summary = train(load_config(None, args))  # resumes from step 2
     assert summary.steps == 4 and torch.isfinite(torch.tensor(summary.final_val_loss))
     run = load_run(tmp_path / "r", device="cpu")
     assert run.step == 4 and next(run.model.parameters()).device.type == "cpu"

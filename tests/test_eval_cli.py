@@ -19,11 +19,11 @@ from symbreak.data import EOT_ID, GPT2_VOCAB_SIZE, load_data, prepare_texts, val
 from symbreak.errors import CheckpointError, DataError, SymbreakError
 from symbreak.eval.cli import register
 from symbreak.eval.puzzles import CATEGORIES, ENTITIES
-from symbreak.eval.runs import load_run
 from symbreak.eval.sample import generate
-from symbreak.eval.val_loss import evaluate_loss
 from symbreak.model import GPT
+from symbreak.runs import load_run
 from symbreak.train.checkpoint import save_checkpoint
+from symbreak.train.validation import evaluate_loss
 
 
 def cli(*argv: object) -> int:

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from symbreak.config import Config
+from symbreak.data import load_config
 from symbreak.errors import ConfigError
-from symbreak.eval.runs import load_run
+from symbreak.runs import load_run
 from symbreak.train.checkpoint import read_state, resolve_checkpoint
 
 # one thread per process on both sides: the thread count alone changes BLAS summation order
@@ -132,11 +132,11 @@ def test_fsdp_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
 
 def test_fsdp_refuses_what_it_cannot_shard():
     with pytest.raises(ConfigError, match=r"train\.parallel: fsdp cannot shard SOAP"):
-        Config.load(None, ["train.parallel=fsdp", "optim.name=soap"])
+        load_config(None, ["train.parallel=fsdp", "optim.name=soap"])
     with pytest.raises(ConfigError, match=r"train\.parallel: fsdp does not log Noether"):
-        Config.load(None, ["train.parallel=fsdp", "train.log_noether=true"])
+        load_config(None, ["train.parallel=fsdp", "train.log_noether=true"])
     with pytest.raises(ConfigError, match=r"train\.parallel"):
-        Config.load(None, ["train.parallel=zero3"])
+        load_config(None, ["train.parallel=zero3"])
 
 
 @pytest.mark.parametrize(("projection", "weight_decay"), [("global", 0.1), ("per_tensor", 0.0)])
@@ -159,7 +159,7 @@ def test_sharded_ecd_is_the_single_process_maths_in_float64(projection, weight_d
 def test_fsdp_in_one_process_says_it_has_nothing_to_shard(tmp_path):
     from symbreak.train.trainer import train
 
-    summary = train(Config.load(None, [*COMMON, "train.max_steps=1", "train.parallel=fsdp",
+    summary = train(load_config(None, [*COMMON, "train.max_steps=1", "train.parallel=fsdp",
                                        f"train.out_dir={tmp_path}",
                                        f"data.cache_dir={tmp_path / 'cache'}"]))  # fmt: skip
     assert summary.steps == 1

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from symbreak.config import Config
-from symbreak.data import prepare_texts
+from symbreak.data import load_config, prepare_texts
 from symbreak.errors import CheckpointError
 from symbreak.integrations.export import export_hf
-from symbreak.integrations.init_from import init_model_from
 from symbreak.model import GPT
 from symbreak.train.checkpoint import load_model_weights, resolve_checkpoint, save_checkpoint
+from symbreak.train.init_from import init_model_from
 from symbreak.train.trainer import train
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -132,7 +132,7 @@ def test_trainer_starts_from_init_from(tmp_path: Path) -> None:
     hf = tiny_gpt2(tmp_path / "gpt2", vocab=50257)
     text = "".join(f"Line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(400))
     prepare_texts([("a", text), ("b", text[::-1])], tmp_path / "data", show_progress=False)
-    cfg = Config.load(
+    cfg = load_config(
         overrides=[
             "model.n_layer=2",
             "model.n_head=2",

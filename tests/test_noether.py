@@ -1,5 +1,5 @@
 """Noether charges of the attention rotations: the generators are symmetries, and the charges
-obey the laws derived in symbreak.analysis.noether (float64, exact settings)."""
+obey the laws derived in symbreak.train.noether (float64, exact settings)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ import importlib.util
 import pytest
 import torch
 
-from symbreak.analysis.noether import (
+from symbreak.config import Config
+from symbreak.data import load_config
+from symbreak.model import GPT
+from symbreak.optim import build_optimizer, optimizer_step
+from symbreak.train.noether import (
     charges,
     momentum_state_key,
     optimizer_momentum,
     tangent,
 )
-from symbreak.config import Config
-from symbreak.model import GPT
-from symbreak.optim import build_optimizer, optimizer_step
 
 L, H, D, V, T, B = 2, 2, 8, 64, 8, 4
 MODEL = [f"model.n_layer={L}", f"model.n_head={H}", f"model.n_embd={H * D}",
@@ -25,7 +26,7 @@ STEPS = 30
 
 
 def make(*overrides: str) -> tuple[GPT, Config]:
-    cfg = Config.load(overrides=[*MODEL, *overrides])
+    cfg = load_config(overrides=[*MODEL, *overrides])
     torch.manual_seed(0)
     model = GPT(cfg.model, cfg.sb).double()
     with torch.no_grad():  # GPT starts its biases at 0: give the bias terms something to carry
@@ -227,7 +228,7 @@ def cache_dir(tmp_path_factory):
 def run_train(out, cache, name, *extra):
     from symbreak.train.trainer import train as train_run
 
-    cfg = Config.load(overrides=[*RUN, f"train.out_dir={out}", f"data.cache_dir={cache}",
+    cfg = load_config(overrides=[*RUN, f"train.out_dir={out}", f"data.cache_dir={cache}",
                                  f"train.name={name}", *extra])
     return train_run(cfg)
 
@@ -275,7 +276,7 @@ def test_log_noether_without_momentum_or_qkv_bias_logs_zeros_with_a_note(tmp_pat
 
 
 def test_log_noether_with_soap_is_skipped_with_a_note(tmp_path):
-    from symbreak.analysis.noether_log import NoetherLog
+    from symbreak.train.noether_log import NoetherLog
 
     model, cfg = make("optim.name=soap")
     opt = build_optimizer(model, cfg.optim)
@@ -291,8 +292,8 @@ def test_log_noether_with_soap_is_skipped_with_a_note(tmp_path):
 
 def fake_run(root, name: str, optim: str, zero_qk: bool = False):
     """A run directory with a config.toml and a noether.csv as NoetherLog writes them."""
-    from symbreak.analysis.noether_log import COLUMNS
     from symbreak.train.metrics import MetricsWriter
+    from symbreak.train.noether_log import COLUMNS
 
     run = root / name
     run.mkdir()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from symbreak.config import Config, OptimConfig
+from symbreak.data import load_config
 from symbreak.model import GPT
 from symbreak.optim import (
     ECD,
@@ -20,7 +21,7 @@ from symbreak.optim import (
 
 
 def tiny_model(seed: int = 0, **overrides) -> tuple[GPT, Config]:
-    cfg = Config.load(
+    cfg = load_config(
         overrides=[
             "model.n_layer=1",
             "model.n_embd=32",

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from symbreak.config import Config, ModelConfig, SBConfig
+from symbreak.data import load_config
 from symbreak.data.loader import input_targets, loss_positions
 from symbreak.errors import ConfigError
 from symbreak.model import GPT
@@ -234,9 +235,9 @@ def test_bidirectional_loss_ignores_untrained_targets_and_backpropagates() -> No
 def test_addition_bidirectional_needs_whole_problems_per_window() -> None:
     base = ["data.source=addition", "model.mask=bidirectional"]
     with pytest.raises(ConfigError, match=r"model\.block_size.*multiple of 13"):
-        Config.load(None, [*base, "model.block_size=24"])
-    assert Config.load(None, [*base, "model.block_size=26"]).model.block_size == 26
-    assert Config.load(None, ["data.source=addition", "model.block_size=24"])  # causal: any
+        load_config(None, [*base, "model.block_size=24"])
+    assert load_config(None, [*base, "model.block_size=26"]).model.block_size == 26
+    assert load_config(None, ["data.source=addition", "model.block_size=24"])  # causal: any
 
 
 # ---- config: defaults unchanged, impossible combinations named -----------------------------
@@ -261,20 +262,20 @@ def test_old_configs_get_todays_behaviour_and_checkpoint_keys_do_not_change() ->
 
 
 def test_new_keys_print_and_validate() -> None:
-    cfg = Config.load(None, ["model.pos_encoding=rope", "model.mask=bidirectional"])
+    cfg = load_config(None, ["model.pos_encoding=rope", "model.mask=bidirectional"])
     text = cfg.to_toml()
     assert 'pos_encoding = "rope"' in text and 'mask = "bidirectional"' in text
     assert 'residual = "both"' in text
     with pytest.raises(ConfigError, match=r"model\.pos_encoding.*odd"):
-        Config.load(None, ["model.pos_encoding=rope", "model.n_head=4", "model.n_embd=36"])
+        load_config(None, ["model.pos_encoding=rope", "model.n_head=4", "model.n_embd=36"])
     with pytest.raises(ConfigError, match=r"model\.pos_encoding='rotary' is not one of"):
-        Config.load(None, ["model.pos_encoding=rotary"])
+        load_config(None, ["model.pos_encoding=rotary"])
     with pytest.raises(ConfigError, match=r"model\.mask"):
-        Config.load(None, ["model.mask=prefix"])
+        load_config(None, ["model.mask=prefix"])
     with pytest.raises(ConfigError, match=r"model\.residual"):
-        Config.load(None, ["model.residual=attention"])
+        load_config(None, ["model.residual=attention"])
     # ALiBi serves every head count (the interpolation rule covers non-powers of two)
-    Config.load(None, ["model.pos_encoding=alibi", "model.n_head=5", "model.n_embd=40"])
+    load_config(None, ["model.pos_encoding=alibi", "model.n_head=5", "model.n_embd=40"])
 
 
 def test_puzzle_scoring_refuses_bidirectional_models() -> None:
@@ -290,10 +291,10 @@ def test_puzzle_scoring_refuses_bidirectional_models() -> None:
 
 def test_a_run_written_before_the_new_keys_loads_unchanged(tmp_path) -> None:
     """config.toml and state.json without model.mask/residual/rope_base: today's model."""
-    from symbreak.eval.runs import load_run
+    from symbreak.runs import load_run
     from symbreak.train.checkpoint import save_checkpoint
 
-    cfg = Config.load(None, ["model.n_layer=1", "model.n_head=2", "model.n_embd=16",
+    cfg = load_config(None, ["model.n_layer=1", "model.n_head=2", "model.n_embd=16",
                              "model.block_size=8", "model.vocab_size=61"])  # fmt: skip
     tree = cfg.to_dict()
     for key in ("mask", "residual", "rope_base"):

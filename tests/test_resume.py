@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from symbreak.config import Config
+from symbreak.data import load_config
 from symbreak.errors import CheckpointError, TrainingError
 from symbreak.model import GPT
 from symbreak.train.checkpoint import load_model_weights, resolve_checkpoint
@@ -34,7 +35,7 @@ def overrides(out: Path, cache: Path, name: str, *extra: str) -> list[str]:
 
 
 def run(out, cache, name, *extra):
-    return train(Config.load(overrides=overrides(out, cache, name, *extra)))
+    return train(load_config(overrides=overrides(out, cache, name, *extra)))
 
 
 def params(run_dir: Path) -> dict[str, torch.Tensor]:

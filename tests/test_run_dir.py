@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from symbreak.config import Config
-from symbreak.data import prepare_texts
+from symbreak.data import load_config, prepare_texts
 from symbreak.errors import CheckpointError, ConfigError, TrainingError
 from symbreak.model import GPT
 from symbreak.train.checkpoint import read_state, resolve_checkpoint
@@ -41,7 +40,7 @@ def args(out: Path, shards: Path, name: str, *extra: str) -> list[str]:
 
 
 def run(out, shards, name, *extra) -> RunSummary:
-    return train(Config.load(overrides=args(out, shards, name, *extra)))
+    return train(load_config(overrides=args(out, shards, name, *extra)))
 
 
 def steps(run_dir: Path) -> list[int]:

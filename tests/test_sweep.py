@@ -17,10 +17,11 @@ import pytest
 from scipy import stats
 
 from symbreak.cli import main
+from symbreak.data import load_config
 from symbreak.errors import ExperimentError
 from symbreak.experiments import stats as sstats
 from symbreak.experiments.grid import load_grid
-from symbreak.experiments.sweep import Manifest, cell_state, prepare_cell, read_manifest
+from symbreak.experiments.cells import Manifest, cell_state, prepare_cell, read_manifest
 
 FAST = {
     "model.n_layer": 1,
@@ -374,18 +375,17 @@ def test_report_eval_runs_the_puzzle_suite_once(grid_sweep, tmp_path, capsys):
 
 
 def test_paper_recipes_agree_with_the_paper_sweep():
-    from symbreak.config import Config
-    from symbreak.experiments.sweep import identity
+    from symbreak.experiments.cells import identity
 
     root = Path(__file__).resolve().parent.parent / "configs" / "paper"
     cells = {c.name: c for c in load_grid(root / "sweep.toml").cells()}
     files = sorted(p for p in root.glob("*.toml") if p.name not in ("base.toml", "sweep.toml"))
     assert len(files) == 4 * 4 * 2
     for path in files:
-        cfg = Config.load(path, ["train.seed=0"])
+        cfg = load_config(path, ["train.seed=0"])
         cell = cells[f"{path.stem.rsplit('-', 1)[0]}-{path.stem.rsplit('-', 1)[1]}-seed0"]
         assert identity(cfg) == identity(cell.config), path.name
         assert cfg.model.n_layer == 12 and cfg.train.max_tokens == 500_000_000
-    ecd = Config.load(root / "ecd-bQbV-prelu.toml")
+    ecd = load_config(root / "ecd-bQbV-prelu.toml")
     assert (ecd.optim.lr, ecd.optim.eta, ecd.optim.F0, ecd.sb.q, ecd.sb.v) == (1.0, 100.0, 2.0,
                                                                               True, True)

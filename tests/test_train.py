@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from symbreak.config import Config
-from symbreak.data import prepare_texts
+from symbreak.data import load_config, prepare_texts
 from symbreak.errors import ConfigError, DataError, TrainingError
 from symbreak.model import GPT
 from symbreak.train.checkpoint import load_model_weights, read_state, resolve_checkpoint
@@ -32,7 +32,7 @@ def cache_dir(tmp_path_factory):
 
 
 def run(tmp_path, cache_dir, *overrides):
-    cfg = Config.load(
+    cfg = load_config(
         overrides=[*FAST, f"train.out_dir={tmp_path}", f"data.cache_dir={cache_dir}", *overrides]
     )
     return cfg, train(cfg)

@@ -8,7 +8,8 @@ import math
 import pytest
 
 from symbreak import cli
-from symbreak.config import Config, all_keys
+from symbreak.config import all_keys
+from symbreak.data import load_config
 from symbreak.errors import ConfigError, DataError, SymbreakError
 
 # (argv before the bad flag, flag, bad values): every numeric flag of every command.
@@ -56,30 +57,30 @@ def test_every_float_key_refuses_infinity_like_nan(key, types):
         values += [f"[0.1, {bad}]"] if "list of float" in types else []
         for value in values:
             with pytest.raises(ConfigError, match=f"{key}=.*not a finite number"):
-                Config.load(overrides=[f"{key}={value}"])
+                load_config(overrides=[f"{key}={value}"])
 
 
 def test_seeds_must_fit_the_generators():
     for key in ("train.seed", "sb.seed"):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-            Config.load(overrides=[f"{key}=-1"])
+            load_config(overrides=[f"{key}=-1"])
         with pytest.raises(ConfigError, match="64-bit"):
-            Config.load(overrides=[f"{key}={2**64}"])
-    assert Config.load(overrides=[f"train.seed={2**63 - 1}"]).sb.seed == 2**63 - 1
+            load_config(overrides=[f"{key}={2**64}"])
+    assert load_config(overrides=[f"train.seed={2**63 - 1}"]).sb.seed == 2**63 - 1
 
 
 def test_error_messages_name_the_right_thing(tmp_path):
     with pytest.raises(ConfigError, match=r"^train\.max_tokens"):
-        Config.load(overrides=["train.max_tokens=-5"])
+        load_config(overrides=["train.max_tokens=-5"])
     with pytest.raises(ConfigError, match="is a directory"):
-        Config.load(tmp_path)
+        load_config(tmp_path)
     bare = tmp_path / "bare.toml"
     bare.write_text("lr = 3e-4\n[train]\nmax_steps = 5\n")
     with pytest.raises(ConfigError, match=r"'lr' is a key outside any section.*optim\.lr"):
-        Config.load(bare)
+        load_config(bare)
     with pytest.raises(ConfigError, match="unknown section"):  # a real table stays a section
         bare.write_text("[optimm]\nlr = 1\n")
-        Config.load(bare)
+        load_config(bare)
 
 
 def test_a_typo_of_shakespeare_gets_a_suggestion(tmp_path, monkeypatch):
@@ -92,11 +93,11 @@ def test_a_typo_of_shakespeare_gets_a_suggestion(tmp_path, monkeypatch):
 
 
 def test_threads_key_is_checked():
-    assert Config.load().train.threads == 0
+    assert load_config().train.threads == 0
     with pytest.raises(ConfigError, match=r"train\.threads"):
-        Config.load(overrides=["train.threads=-1"])
+        load_config(overrides=["train.threads=-1"])
     with pytest.raises(ConfigError, match=r"train\.threads"):
-        Config.load(overrides=["train.threads=100000"])
+        load_config(overrides=["train.threads=100000"])
 
 
 def test_a_puzzle_category_named_like_an_average_row_is_refused():

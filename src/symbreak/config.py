@@ -201,17 +201,32 @@ class Config:
     # ---- building -----------------------------------------------------------------------
 
     @classmethod
-    def load(
+    def build(
         cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
     ) -> Config:
-        """Defaults, then the TOML file at ``path``, then ``KEY=VALUE`` overrides; resolved."""
+        """Defaults, then the TOML file at ``path``, then ``KEY=VALUE`` overrides; unresolved.
+
+        Most callers want :func:`symbreak.data.load_config`, which also fills
+        ``model.vocab_size`` from the data source and resolves."""
         cfg = cls()
         if path is not None:
             cfg.update(read_toml(path), origin=str(path))
         for item in overrides:
             key, value = parse_override(item)
             cfg.set(key, value)
-        return cfg.resolve()
+        return cfg
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        overrides: list[str] | tuple[str, ...] = (),
+        vocab_size: int | None = None,
+    ) -> Config:
+        """:meth:`build`, then :meth:`resolve` with ``vocab_size`` for an unset
+        ``model.vocab_size``. This floor reads no data: :func:`symbreak.data.load_config`
+        finds the vocabulary size from ``data.source``."""
+        return cls.build(path, overrides).resolve(vocab_size)
 
     def update(self, tree: dict[str, Any], origin: str = "config") -> None:
         """Apply a nested ``{section: {key: value}}`` mapping (from TOML)."""
@@ -254,8 +269,12 @@ class Config:
 
     # ---- resolution and checks --------------------------------------------------------
 
-    def resolve(self) -> Config:
-        """Fill ``None`` values (presets, paper defaults) and check combinations. Returns self."""
+    def resolve(self, vocab_size: int | None = None) -> Config:
+        """Fill ``None`` values (presets, paper defaults; ``vocab_size`` for an unset
+        ``model.vocab_size``) and check combinations. Returns self.
+
+        The vocabulary size depends on the data, which this floor never reads: resolve through
+        :func:`symbreak.data.resolve_config` when ``model.vocab_size`` may be unset."""
         m = self.model
         n_layer, n_head, n_embd, block_size = PRESETS[m.preset]
         m.n_layer = n_layer if m.n_layer is None else m.n_layer
@@ -269,10 +288,12 @@ class Config:
         if self.sb.seed is None:
             self.sb.seed = self.train.seed
         if m.vocab_size is None:
-            from symbreak.data import default_vocab_size  # lazily: only unset sizes read data
-
-            cache = Path(self.data.cache_dir) if self.data.cache_dir else None
-            m.vocab_size = default_vocab_size(self.data.source, cache)
+            if vocab_size is None:
+                raise ConfigError(
+                    "model.vocab_size is unset and this config was resolved without its data; "
+                    "set model.vocab_size or load it with symbreak.data.load_config"
+                )
+            m.vocab_size = vocab_size
         self.validate()
         return self
 

@@ -36,8 +36,8 @@ from symbreak.analysis.text import windows
 from symbreak.data.tokenizer import GPT2_VOCAB_SIZE
 from symbreak.device import autocast, resolve_dtype
 from symbreak.errors import DataError, SymbreakError
-from symbreak.eval.runs import Run
 from symbreak.model import GPT
+from symbreak.runs import Run
 from symbreak.seeding import keyed_seed
 
 SCHEMA = "symbreak.analysis/1"

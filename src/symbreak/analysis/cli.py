@@ -125,7 +125,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from symbreak.analysis.figures import require_matplotlib
     from symbreak.analysis.output import summary_lines, write_outputs
     from symbreak.analysis.text import file_tokens, validation_tokens
-    from symbreak.eval.runs import load_run
+    from symbreak.runs import load_run
 
     opts = Options(
         top=args.top,

@@ -4,7 +4,7 @@ One panel per (layer, sector); in each, one colour per run: the median over the 
 (solid) and the maximum (dashed) of ``charge`` (``|L|_F``) or, with ``--quantity relative``,
 ``|L|_F / (|W|_F |P|_F)``, on a log scale. Zeros cannot be drawn on a log scale and are left
 out (an exactly conserved charge that started at 0 shows as no line). The rows come from each
-run's ``noether.csv`` (``train.log_noether=true``; see :mod:`symbreak.analysis.noether`).
+run's ``noether.csv`` (``train.log_noether=true``; see :mod:`symbreak.train.noether`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from symbreak.analysis.noether_log import FILENAME
 from symbreak.atomic import fsync_dir
 from symbreak.errors import SymbreakError
+from symbreak.train.noether_log import FILENAME
 
 SECTOR_NAMES = {"qk": "Q-K", "vo": "V-O"}
 QUANTITIES = ("charge", "relative")

@@ -1,6 +1,6 @@
 """Where an analysis gets its model and its text: a run directory, or a freshly built config.
 
-``RUN_DIR`` loads the run's checkpoint strictly (:func:`symbreak.eval.runs.load_run`);
+``RUN_DIR`` loads the run's checkpoint strictly (:func:`symbreak.runs.load_run`);
 ``--init KEY=VALUE ...`` builds ``GPT(cfg.model, cfg.sb)`` from the defaults plus those
 overrides, initialised from ``train.seed``, as training would start. Either way the model comes
 back in eval mode (symmetry-breaking biases at ``sb.eval``).
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from symbreak.config import Config
-from symbreak.data import GPT2_VOCAB_SIZE
+from symbreak.data import GPT2_VOCAB_SIZE, load_config
 from symbreak.errors import DataError, SymbreakError
 from symbreak.model import GPT
 from symbreak.seeding import keyed_seed
@@ -45,7 +45,7 @@ def build_model(cfg: Config, seed: int) -> GPT:
 
 def init_model(overrides: list[str]) -> ModelSource:
     """A freshly initialised model of the config ``overrides`` describe (seed: train.seed)."""
-    cfg = Config.load(None, overrides)
+    cfg = load_config(None, overrides)
     m = cfg.model
     label = f"init {m.pos_encoding}/{m.mask}/res-{m.residual} L{m.n_layer}"
     return ModelSource(label, cfg, build_model(cfg, cfg.train.seed))
@@ -64,7 +64,7 @@ def load_source(
         raise SymbreakError("pass a RUN_DIR or --init KEY=VALUE ... (one of them)")
     if init is not None:
         return init_model(init)
-    from symbreak.eval.runs import load_run
+    from symbreak.runs import load_run
 
     run = load_run(run_dir, checkpoint, device="cpu")
     return ModelSource(f"{run.name}@{run.step}", run.cfg, run.model)

@@ -14,7 +14,6 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from symbreak.argtypes import int_range
 from symbreak.bench import (
     DEFAULT_PRESET,
     DEFAULT_STEPS,
@@ -23,6 +22,7 @@ from symbreak.bench import (
     TRAIN_STEPS,
     TRAIN_WARMUP,
 )
+from symbreak.cli.argtypes import int_range
 from symbreak.config import MAX_THREADS, PRESETS
 
 Subparsers = argparse._SubParsersAction  # what add_subparsers() returns

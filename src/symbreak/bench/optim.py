@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from symbreak.bench import DEFAULT_PRESET, DEFAULT_STEPS, DEFAULT_WARMUP, OPTIMIZERS
-from symbreak.config import Config
+from symbreak.data import load_config
 from symbreak.device import resolve_device
 from symbreak.errors import ConfigError
 from symbreak.model import GPT
@@ -73,7 +73,7 @@ def bench_optim(
         raise ConfigError(f"bench optim needs steps >= 1 and warmup >= 0, got {steps}, {warmup}")
     dev = resolve_device(device)
     base = [f"model.preset={preset}", *overrides]
-    cfg = Config.load(overrides=base)
+    cfg = load_config(overrides=base)
     with torch.random.fork_rng(devices=[]):  # a seeded init without touching the caller's RNG
         torch.manual_seed(seed)
         model = GPT(cfg.model, cfg.sb).to(dev)
@@ -85,12 +85,12 @@ def bench_optim(
     grads = [p.grad for p in params]
     opts = {
         name: build_optimizer(
-            model, Config.load(overrides=[*base, f"optim.name={name}"]).optim, seed=seed
+            model, load_config(overrides=[*base, f"optim.name={name}"]).optim, seed=seed
         )
         for name in names
     }
     if "adamw" in names:  # the fair baseline: symbreak's AdamW (fused) against torch's foreach
-        adamw_cfg = Config.load(overrides=[*base, "optim.name=adamw"]).optim
+        adamw_cfg = load_config(overrides=[*base, "optim.name=adamw"]).optim
         opts[FOREACH] = build_optimizer(model, adamw_cfg, seed=seed, adamw_fused=False)
         names = [*names, FOREACH]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from symbreak.config import Config
+from symbreak.data import load_config
 from symbreak.data.loader import input_targets, run_loss_positions
 from symbreak.device import autocast, resolve_device, resolve_dtype
 from symbreak.model import GPT
@@ -34,7 +34,7 @@ def bench_positional(
     overrides: Sequence[str] = (), steps: int = 10, warmup: int = 2
 ) -> dict[str, Any]:
     """Median forward+backward milliseconds per encoding and the ratio to ``none``."""
-    base = Config.load(None, list(overrides))
+    base = load_config(None, list(overrides))
     dev = resolve_device(base.train.device)
     amp = resolve_dtype(base.train.dtype, dev)
     micro = base.train.micro_batch_size or base.train.batch_size
@@ -46,7 +46,7 @@ def bench_positional(
     x, y = x.to(dev), y.to(dev)
     models = {}
     for pe in POS_ENCODINGS:
-        cfg = Config.load(None, [*overrides, f"model.pos_encoding={pe}"])
+        cfg = load_config(None, [*overrides, f"model.pos_encoding={pe}"])
         torch.manual_seed(0)
         models[pe] = GPT(cfg.model, cfg.sb).to(dev).train()
 

@@ -90,17 +90,17 @@ from typing import Any
 
 import torch
 
-from symbreak.analysis.noether_log import FILENAME as NOETHER_CSV
-from symbreak.analysis.noether_log import NoetherLog
 from symbreak.bench import TRAIN_STEPS as DEFAULT_STEPS
 from symbreak.bench import TRAIN_WARMUP as DEFAULT_WARMUP
 from symbreak.compiling import CompiledOrEager
 from symbreak.config import Config
-from symbreak.data import TrainBatches, load_data
+from symbreak.data import TrainBatches, load_config, load_data
 from symbreak.device import autocast, resolve_device, resolve_dtype
 from symbreak.errors import ConfigError
 from symbreak.model import GPT
 from symbreak.optim import build_optimizer, optimizer_step
+from symbreak.train.noether_log import FILENAME as NOETHER_CSV
+from symbreak.train.noether_log import NoetherLog
 from symbreak.train.trainer import resolve_loss_kernel
 
 GPT2_VOCAB = 50257  # random ids stay below the real vocabulary, as real tokens do
@@ -163,8 +163,8 @@ def bench_train(
     base = ["sb.q=true", "sb.v=true", *overrides]
     if dtype is not None:
         base.append(f"train.dtype={dtype}")
-    cfg = Config.load(overrides=base)
-    sym_cfg = Config.load(overrides=[*base, "sb.q=false", "sb.k=false", "sb.v=false"])
+    cfg = load_config(overrides=base)
+    sym_cfg = load_config(overrides=[*base, "sb.q=false", "sb.k=false", "sb.v=false"])
     dev = resolve_device(cfg.train.device, option="train.device")
     amp = resolve_dtype(cfg.train.dtype, dev)
     compile = compile or cfg.train.compile

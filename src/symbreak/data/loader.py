@@ -38,8 +38,8 @@ from symbreak.data.tokenizer import (
     tokenizer_from_meta,
 )
 from symbreak.errors import DataError
-from symbreak.model.loss import IGNORE_INDEX
 from symbreak.seeding import keyed_seed
+from symbreak.targets import IGNORE_INDEX
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -398,6 +398,24 @@ def read_meta(directory: Path) -> dict:
 def data_tokenizer(source: str, cache_dir: Path | None = None) -> Tokenizer:
     """The tokenizer of a data source (from its meta.json; GPT-2 when it has none)."""
     return tokenizer_from_meta(read_meta(data_directory(source, cache_dir)))
+
+
+def resolve_config(cfg: Config) -> Config:
+    """Resolve ``cfg`` (:meth:`Config.resolve`), taking an unset ``model.vocab_size`` from its
+    data source (:func:`default_vocab_size`). Returns ``cfg``."""
+    vocab = None
+    if cfg.model.vocab_size is None:
+        cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
+        vocab = default_vocab_size(cfg.data.source, cache)
+    return cfg.resolve(vocab)
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Defaults, then the TOML file at ``path``, then ``KEY=VALUE`` overrides; resolved, with
+    ``model.vocab_size`` from the data when unset: what ``symbreak train`` runs."""
+    return resolve_config(Config.build(path, overrides))
 
 
 def default_vocab_size(source: str, cache_dir: Path | None = None) -> int:

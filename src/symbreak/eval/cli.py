@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from symbreak import __version__
-from symbreak.argtypes import float_range, int_range, seed
+from symbreak.cli.argtypes import float_range, int_range, seed
 from symbreak.device import resolve_device
 from symbreak.errors import DataError, SymbreakError
 from symbreak.eval import puzzles, reasoning_gym, report
 from symbreak.eval.puzzles import CATEGORIES, SUITE_VERSION, Item, builtin_suite, read_puzzles
-from symbreak.eval.runs import SB_EVAL_CHOICES, Run, load_run
 from symbreak.eval.scoring import ScoreRun, Summary, paired_differences, score_items, summarize
 from symbreak.outputs import output_dir, output_file
+from symbreak.runs import SB_EVAL_CHOICES, Run, load_run
 
 MATPLOTLIB_PIN = "matplotlib==3.11.2"
 
@@ -267,8 +267,8 @@ def _describe(run: Run) -> str:
 def _validation(run: Run) -> dict[str, Any]:
     """Validation loss on the run's own held-out batches, next to the recorded one."""
     from symbreak.data import addition_spec, load_data, run_loss_positions, val_batches
-    from symbreak.eval.val_loss import evaluate_loss
-    from symbreak.model.loss import IGNORE_INDEX
+    from symbreak.targets import IGNORE_INDEX
+    from symbreak.train.validation import evaluate_loss
 
     cfg = run.cfg
     data = load_data(

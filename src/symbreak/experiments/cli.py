@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from symbreak.argtypes import int_range
+from symbreak.cli.argtypes import int_range
 from symbreak.errors import ExperimentError
 
 

@@ -28,9 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from symbreak.errors import ExperimentError
-from symbreak.experiments.grid import Cell, Grid
-from symbreak.experiments.local import die_with_parent
-from symbreak.experiments.sweep import (
+from symbreak.experiments.cells import (
     BOOKKEEPING,
     Manifest,
     cell_state,
@@ -39,6 +37,8 @@ from symbreak.experiments.sweep import (
     log_path,
     train_command,
 )
+from symbreak.experiments.grid import Cell, Grid
+from symbreak.experiments.local import die_with_parent
 
 EXECUTORS = {"slurm": "slurm", "submitit-local": "local"}
 CHECKPOINT_GRACE_S = 300.0

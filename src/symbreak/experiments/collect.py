@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from symbreak.errors import ExperimentError, SymbreakError
-from symbreak.experiments.sweep import MANIFEST, checkpoint_step, identity, read_manifest
+from symbreak.experiments.cells import MANIFEST, checkpoint_step, identity, read_manifest
 from symbreak.train.checkpoint import LATEST, resolve_checkpoint
 from symbreak.train.metrics import read_metrics
 
@@ -111,7 +111,7 @@ def _float(text: str) -> float | None:
 
 def load_record(run_dir: Path) -> Record:
     """One run's record; a run without validation rows is an error naming it."""
-    from symbreak.eval.runs import load_run_config
+    from symbreak.runs import load_run_config
 
     cfg = load_run_config(run_dir)
     path = run_dir / "metrics.csv"

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from symbreak.config import Config, flatten, parse_override, read_toml
+from symbreak.data import resolve_config
 from symbreak.errors import ConfigError, ExperimentError
 
 SEED_KEY = "train.seed"
@@ -155,7 +156,7 @@ class Grid:
                 cfg.set(key, value)
             cfg.set("train.out_dir", str(self.sweep_dir))
             cfg.set("train.name", name)
-            return cfg.resolve()
+            return resolve_config(cfg)
         except ConfigError as e:
             raise ExperimentError(f"grid {self.name}, cell '{name}': {e}") from None
 

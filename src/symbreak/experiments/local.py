@@ -25,8 +25,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from symbreak.experiments.grid import Cell, Grid
-from symbreak.experiments.sweep import (
+from symbreak.experiments.cells import (
     Manifest,
     cell_state,
     default_threads,
@@ -35,6 +34,7 @@ from symbreak.experiments.sweep import (
     run_dir_of,
     train_command,
 )
+from symbreak.experiments.grid import Cell, Grid
 
 POLL_S = 0.5
 PLAIN_EVERY_S = 30.0

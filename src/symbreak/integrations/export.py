@@ -1,7 +1,7 @@
 """``symbreak export RUN_DIR --format hf --out DIR``: a run as a Hugging Face model directory.
 
 At evaluation with mean biases, bQ and bV are constant q and v biases, so they fold exactly into
-``c_attn.bias`` (see :mod:`symbreak.integrations.gpt2_weights`) and the model becomes plain
+``c_attn.bias`` (see :mod:`symbreak.train.gpt2_weights`) and the model becomes plain
 GPT-2 with qkv biases:
 
 * GELU run -> a standard ``GPT2LMHeadModel`` directory (``config.json``, ``model.safetensors``),
@@ -34,7 +34,7 @@ import torch
 
 from symbreak.atomic import write_text_atomic
 from symbreak.errors import SymbreakError
-from symbreak.eval.runs import load_run, load_run_config
+from symbreak.runs import load_run, load_run_config
 from symbreak.train.checkpoint import LATEST
 
 HF_INSTALL_HINT = "install the Hugging Face extra: pip install 'symbreak[hf]'"
@@ -109,7 +109,7 @@ def export_hf(
     require_transformers()
     run = load_run(run_dir, checkpoint, sb_eval=sb_eval, device="cpu")
     from symbreak.data.tokenizer import GPT2_VOCAB_SIZE
-    from symbreak.integrations.gpt2_weights import to_hf_gpt2
+    from symbreak.train.gpt2_weights import to_hf_gpt2
 
     m = run.cfg.model
     sd = to_hf_gpt2(run.model, GPT2_VOCAB_SIZE)

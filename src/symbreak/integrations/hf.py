@@ -111,7 +111,7 @@ def apply_symmetry_breaking(
     cfg = Config()
     for key, value in {"q": q, "k": k, "v": v, "seed": 0, **sb}.items():
         cfg.set(f"sb.{key}", list(value) if isinstance(value, tuple) else value)
-    cfg.resolve()
+    cfg.resolve(vocab_size=1)  # only sb.* is used here: no vocabulary to find
     c = cfg.sb
     sites = _find_sites(model)
     if not sites:

@@ -42,9 +42,9 @@ except ImportError as e:  # an optional extra
     ) from None
 
 from symbreak.data.tokenizer import EOT_ID, decode, encode
-from symbreak.eval.runs import load_run
 from symbreak.eval.sample import generate
 from symbreak.eval.scoring import BatchLogits
+from symbreak.runs import load_run
 
 log = logging.getLogger(__name__)
 

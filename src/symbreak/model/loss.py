@@ -32,8 +32,8 @@ from __future__ import annotations
 import torch
 
 from symbreak.compiling import CompiledOrEager
+from symbreak.targets import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 LOSS_KERNELS = ("eager", "compiled")
 # Each chunk's fp32 (rows, V) buffer stays under this many bytes: large enough for fast
 # matmuls (512 rows for GPT-2's vocabulary; larger chunks measured faster up to 1024 rows),

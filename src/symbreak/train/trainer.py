@@ -34,8 +34,6 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from symbreak.analysis.noether_log import FILENAME as NOETHER_CSV
-from symbreak.analysis.noether_log import NoetherLog
 from symbreak.atomic import write_text_atomic
 from symbreak.compiling import CompiledOrEager
 from symbreak.config import Config, flatten
@@ -49,7 +47,6 @@ from symbreak.data import (
 )
 from symbreak.device import autocast, resolve_dtype
 from symbreak.errors import CheckpointError, ConfigError, TrainingError
-from symbreak.eval.val_loss import loss_sums
 from symbreak.model import GPT
 from symbreak.model.loss import choose_loss_kernel
 from symbreak.optim import build_optimizer, lr_at, optimizer_step, set_lr
@@ -76,6 +73,9 @@ from symbreak.train.fsdp import (
 from symbreak.train.lock import RunLockedError, read_holder, run_lock
 from symbreak.train.loggers import build_loggers
 from symbreak.train.metrics import MetricsWriter
+from symbreak.train.noether_log import FILENAME as NOETHER_CSV
+from symbreak.train.noether_log import NoetherLog
+from symbreak.train.validation import loss_sums
 
 # Config keys that define what a run *is*: resuming with another value would silently train a
 # different model or on other data. Everything else (budget, logging, lr, ...) may change.
@@ -343,7 +343,7 @@ class Trainer:
                 "step and the first evaluation each compile theirs, a few seconds"
             )
         if cfg.model.init_from and resumed is None:  # a resumed run has its own weights
-            from symbreak.integrations.init_from import init_model_from
+            from symbreak.train.init_from import init_model_from
 
             init_model_from(model, cfg.model.init_from)
         if resumed is not None:  # whole weights, before any sharding

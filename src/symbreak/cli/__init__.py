@@ -15,14 +15,14 @@ from collections.abc import Sequence
 
 from symbreak import __version__
 from symbreak.allocator import reuse_freed_memory
-from symbreak.argtypes import float_range, int_range
+from symbreak.cli.argtypes import float_range, int_range
+from symbreak.data import load_config
 from symbreak.errors import SymbreakError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from symbreak.config import Config
 
-    cfg = Config.load(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(cfg.to_toml(), end="")
         return 0

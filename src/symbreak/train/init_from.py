@@ -6,7 +6,7 @@
   (``RUN/checkpoints/step_N``): the same model shape, weights copied tensor for tensor;
 * a local Hugging Face GPT-2 directory (``config.json`` + safetensors; e.g. ``gpt2`` saved with
   ``save_pretrained``, or a ``symbreak export``): mapped by
-  :func:`symbreak.integrations.gpt2_weights.from_hf_gpt2`. GPT-2 uses GELU, so the model must
+  :func:`symbreak.train.gpt2_weights.from_hf_gpt2`. GPT-2 uses GELU, so the model must
   have ``model.activation=gelu`` (a PReLU export can start a PReLU model).
 
 Only the network's weights come over. The symmetry-breaking biases are the new run's own
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from symbreak.errors import CheckpointError
-from symbreak.integrations.gpt2_weights import _is_sampler_key, from_hf_gpt2, read_hf_gpt2
+from symbreak.train.gpt2_weights import _is_sampler_key, from_hf_gpt2, read_hf_gpt2
 
 
 def init_model_from(model: torch.nn.Module, path: str | Path) -> str:
@@ -52,9 +52,9 @@ def init_model_from(model: torch.nn.Module, path: str | Path) -> str:
 def _symbreak_checkpoint(p: Path) -> Path:
     if (p / "state.json").is_file():
         return p
-    from symbreak.eval.runs import find_checkpoint
+    from symbreak.train.checkpoint import resolve_checkpoint
 
-    return find_checkpoint(p)
+    return resolve_checkpoint(p)
 
 
 def _from_symbreak(model: torch.nn.Module, ckpt: Path, origin: str) -> dict[str, torch.Tensor]:

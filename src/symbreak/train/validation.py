@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from symbreak.model import GPT
-from symbreak.model.loss import IGNORE_INDEX
+from symbreak.targets import IGNORE_INDEX
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 With ``train.log_noether=true`` the trainer calls :meth:`NoetherLog.log` at each log step,
 after the optimizer step: one row per (layer, head, sector) with ``charge = |L|_F`` and
-``relative = |L|_F / (|W|_F |P|_F)`` (maths in :mod:`symbreak.analysis.noether`), and the same
+``relative = |L|_F / (|W|_F |P|_F)`` (maths in :mod:`symbreak.train.noether`), and the same
 numbers as TensorBoard scalars ``noether/<sector>/L<layer>H<head>/{charge,relative}``. The cost
 is a few batched matmuls per layer and one host synchronisation, only at log steps
 (docs/performance.md has the measured figure). A resumed run drops the rows logged after its
@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-from symbreak.analysis.noether import (
+from symbreak.model import GPT
+from symbreak.train.metrics import MetricsWriter
+from symbreak.train.noether import (
     charges,
     momentum_state_key,
     optimizer_momentum,
     sector_params,
 )
-from symbreak.model import GPT
-from symbreak.train.metrics import MetricsWriter
 
 FILENAME = "noether.csv"
 COLUMNS = ("step", "layer", "head", "sector", "charge", "relative")

@@ -185,8 +185,8 @@ def test_addition_runs_log_exact_match_and_the_report_reads_it(tmp_path: Path, c
     exact_match at every evaluation, and `report --task addition` tabulates it with the probes,
     whose permutation test is exactly invariant for NoPE+bidirectional only."""
     from symbreak.experiments.addition_report import median_steps, steps_to
+    from symbreak.experiments.training import train_run as train
     from symbreak.train.metrics import read_metrics
-    from symbreak.train.trainer import train
 
     common = ["data.source=addition", "data.addition_train=300", "data.addition_val=100",
               f"data.cache_dir={tmp_path / 'c'}", "model.block_size=13", "model.n_layer=2",

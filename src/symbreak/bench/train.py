@@ -92,15 +92,15 @@ import torch
 
 from symbreak.bench import TRAIN_STEPS as DEFAULT_STEPS
 from symbreak.bench import TRAIN_WARMUP as DEFAULT_WARMUP
-from symbreak.compiling import CompiledOrEager
 from symbreak.config import Config
 from symbreak.data import TrainBatches, load_config, load_data
 from symbreak.device import autocast, resolve_device, resolve_dtype
 from symbreak.errors import ConfigError
 from symbreak.model import GPT
-from symbreak.optim import build_optimizer, optimizer_step
+from symbreak.optim import build_optimizer
 from symbreak.train.noether_log import FILENAME as NOETHER_CSV
 from symbreak.train.noether_log import NoetherLog
+from symbreak.train.step import TrainStep
 from symbreak.train.trainer import resolve_loss_kernel
 
 GPT2_VOCAB = 50257  # random ids stay below the real vocabulary, as real tokens do
@@ -325,41 +325,28 @@ class _Run:
         self.model.loss_kernel = loss_kernel
         self.model.train()
         self.opt = build_optimizer(self.model, cfg.optim, seed=seed)
-        self.grad_clip = cfg.optim.grad_clip
-        self.step_model: Callable[..., Any] = (
-            CompiledOrEager(self.model, "--compile", "leaving out --compile")
-            if compile
-            else self.model
+        # The trainer's own step object: what is timed is what training runs.
+        self.train_step = TrainStep(
+            self.model,
+            self.opt,
+            autocast=lambda: autocast(dev, amp),
+            grad_clip=cfg.optim.grad_clip,
+            compile=compile,
+            compile_labels=("--compile", "leaving out --compile"),
         )
-        self.dev, self.ctx = dev, lambda: autocast(dev, amp)
+        self.dev = dev
         self.flops_per_token = model_flops_per_token(self.model)
         self.times: list[float] = []
         self.warmup_ms: list[float] = []
 
     def step(self, step: int, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        """Milliseconds of one training step, as the trainer does it; CUDA synchronised."""
-        cuda = self.dev.type == "cuda"
-        if cuda:
-            torch.cuda.synchronize(self.dev)
-        t0 = time.perf_counter()
-        self.model.pin_biases(step)
-        loss_sum = torch.zeros((), device=self.dev)
-        for x, y in batches:
-            with self.ctx():
-                _, loss = self.step_model(x, y)
-            (loss / len(batches)).backward()
-            loss_sum += loss.detach()
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        optimizer_step(self.opt, loss_sum / len(batches))
-        self.opt.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize(self.dev)
-        return (time.perf_counter() - t0) * 1e3
+        """Milliseconds of one training step (:class:`~symbreak.train.step.TrainStep`, as the
+        trainer runs it); CUDA synchronised."""
+        return _timed(lambda: self.train_step(step, batches), self.dev)
 
     @property
     def compile_ok(self) -> bool:
-        return isinstance(self.step_model, CompiledOrEager) and not self.step_model.failed
+        return self.train_step.compiled
 
     def report(self, tokens_per_step: int, peak: float) -> dict[str, Any]:
         med = statistics.median(self.times)

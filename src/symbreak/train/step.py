@@ -1,0 +1,124 @@
+"""One optimizer step, the same in ``symbreak train`` and in ``symbreak bench train``::
+
+    pin the symmetry-breaking draws of this step (keyed by (seed, step, layer): all ranks agree)
+    for each micro-batch of this rank:  loss_m = CE(model(x), y);  (loss_m / accum).backward()
+    all-reduce [mean loss, stop flag]   (DDP has averaged the gradients during backward)
+    if the loss is finite: clip (optional); optimizer.step()   (ECD also receives the loss)
+    zero the gradients
+
+The benchmark times this very object, so what it measures cannot drift from what training runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from symbreak.compiling import CompiledOrEager
+from symbreak.model import GPT
+from symbreak.optim import optimizer_step
+from symbreak.train.distributed import DistEnv
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class StepResult:
+    loss: float  # the global mean training loss of the step (over micro-batches and ranks)
+    stop: bool  # some rank was asked to stop (SIGINT/SIGTERM) during the step
+    updated: bool  # False when the loss was not finite: the step changed no weight
+
+
+class TrainStep:
+    """Forward, backward and update for one optimizer step of ``model``.
+
+    ``env`` is the data-parallel environment (a single process by default): with more than one
+    rank the model is wrapped in DDP, or, with ``fsdp``, expected to be sharded already.
+    ``compile`` runs the forward through ``torch.compile`` (eager after one warning if that
+    fails; ``compile_labels`` name the setting in that warning). ``autocast`` makes the context
+    each forward runs in (bf16 autocast, or nothing).
+
+    Example::
+
+        step = TrainStep(model, optimizer, autocast=lambda: autocast(dev, dtype))
+        result = step(0, [(x, y)])   # result.loss, result.updated
+    """
+
+    def __init__(
+        self,
+        model: GPT,
+        optimizer: torch.optim.Optimizer,
+        *,
+        autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+        env: DistEnv | None = None,
+        grad_clip: float = 0.0,
+        fsdp: bool = False,
+        compile: bool = False,
+        compile_labels: tuple[str, str] = ("train.compile=true", "train.compile=false"),
+    ) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.env = env if env is not None else DistEnv(device=next(model.parameters()).device)
+        self.device = self.env.device
+        self.autocast, self.grad_clip, self.fsdp = autocast, grad_clip, fsdp
+        self.ddp = self.env.enabled and not fsdp
+        self.wrapped: torch.nn.Module = DistributedDataParallel(model) if self.ddp else model
+        self.forward: Callable[..., Any] = (
+            CompiledOrEager(self.wrapped, *compile_labels) if compile else self.wrapped
+        )
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the forward really runs compiled (False when compiling fell back to eager)."""
+        return isinstance(self.forward, CompiledOrEager) and not self.forward.failed
+
+    def __call__(
+        self, step: int, micro_batches: Sequence[Batch], stop_requested: bool = False
+    ) -> StepResult:
+        self.model.train()
+        self.model.pin_biases(step)
+        loss_sum = self._accumulate(micro_batches)
+        # One all-reduce and one host sync per step: the global loss and the stop flag.
+        stats = torch.stack(
+            (
+                loss_sum / len(micro_batches),
+                torch.tensor(float(stop_requested), device=self.device),
+            )
+        )
+        self.env.all_reduce(stats)
+        stats[0] /= self.env.world_size
+        loss, stop_votes = stats.tolist()
+        updated = math.isfinite(loss)
+        if updated:
+            if self.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            optimizer_step(self.optimizer, stats[0])
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss, stop_votes > 0, updated)
+
+    def _accumulate(self, micro_batches: Sequence[Batch]) -> torch.Tensor:
+        """Forward and backward of every micro-batch; the sum of their (detached) losses."""
+        loss_sum = torch.zeros((), device=self.device)
+        n = len(micro_batches)
+        for i, (x, y) in enumerate(micro_batches):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            last = i == n - 1
+            if self.fsdp:  # reduce-scatter the gradients once, after the last micro-batch
+                self.model.set_requires_gradient_sync(last)  # type: ignore[operator]
+            sync = (
+                self.wrapped.no_sync()  # type: ignore[operator]
+                if self.ddp and not last
+                else contextlib.nullcontext()
+            )
+            with sync:
+                with self.autocast():
+                    _, loss = self.forward(x, y)
+                (loss / n).backward()
+            loss_sum += loss.detach()
+        return loss_sum

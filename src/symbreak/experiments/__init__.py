@@ -1,8 +1,34 @@
 """Experiments as one command each: ``symbreak sweep`` (a grid of runs, resumable, locally or on
 Slurm through submitit) and ``symbreak report`` (seeds, confidence intervals, paired tests and
-curves over any set of runs).
+curves over any set of runs), and the same from Python::
+
+    from symbreak.experiments import build_report, load_grid, run_sweep
+
+    run_sweep(load_grid("grids/cpu-study.toml"), jobs=2)
+    build_report(["runs/cpu-study"])
 
 Modules: :mod:`.grid` (grid file -> cells), :mod:`.sweep` (manifest, states, identity checks),
 :mod:`.local` (a process pool on this machine), :mod:`.cluster` (submitit), :mod:`.collect`
-(runs -> per-run figures), :mod:`.stats` (scipy.stats), :mod:`.report` (tables, JSON, PNGs).
+(runs -> per-run figures), :mod:`.stats` (scipy.stats), :mod:`.report` (tables, JSON, PNGs),
+:mod:`.addition_report` (the addition task). The names above are imported on first use.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "load_grid": "symbreak.experiments.grid",
+    "run_sweep": "symbreak.experiments.sweep",
+    "build_report": "symbreak.experiments.report",
+    "build_addition_report": "symbreak.experiments.addition_report",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from symbreak.bench.cli import register
 from symbreak.bench.optim import bench_optim, format_table
+from symbreak.cli.bench import register
 from symbreak.data import load_config
 from symbreak.errors import ConfigError
 from symbreak.model import GPT
@@ -97,3 +97,14 @@ def test_bad_input_is_a_user_error(capsys: pytest.CaptureFixture[str]) -> None:
         parser().parse_args(["bench"])  # a target is required
     with pytest.raises(ConfigError, match="unknown optimizer"):
         bench_optim("tiny", optimizers=["lion"])
+
+
+def test_positional_route(capsys: pytest.CaptureFixture[str]) -> None:
+    tiny = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
+            "model.vocab_size=61", "train.batch_size=2", "train.dtype=fp32"]  # fmt: skip
+    args = parser().parse_args(["bench", "positional", "--json", "--steps", "1", "--warmup", "0",
+                                *tiny])  # fmt: skip
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["step_ms"]) == {"learned", "sinusoidal", "rope", "alibi", "none"}
+    assert out["steps"] == 1 and out["ratio_to_none"]["none"] == 1.0

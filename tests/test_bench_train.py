@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from symbreak.bench.cli import register
 from symbreak.bench.train import (
     _is_paper_code_config,
     bench_train,
     format_table,
     model_flops_per_token,
 )
+from symbreak.cli.bench import register
 from symbreak.data import load_config
 from symbreak.device import cpu_has_native_bf16
 from symbreak.model import GPT

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -14,10 +13,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from symbreak.cli import build_parser
 from symbreak.config import Config
 from symbreak.data import EOT_ID, GPT2_VOCAB_SIZE, load_data, prepare_texts, val_batches
 from symbreak.errors import CheckpointError, DataError, SymbreakError
-from symbreak.eval.cli import register
 from symbreak.eval.puzzles import CATEGORIES, ENTITIES
 from symbreak.eval.sample import generate
 from symbreak.model import GPT
@@ -27,9 +26,7 @@ from symbreak.train.validation import evaluate_loss
 
 
 def cli(*argv: object) -> int:
-    parser = argparse.ArgumentParser(prog="symbreak")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
+    args = build_parser().parse_args([str(a) for a in argv])
     return args.func(args)
 
 
@@ -282,7 +279,10 @@ def test_compare_writes_table_json_and_png(runs, tmp_path, capsys):
 
 
 def test_matplotlib_is_imported_only_to_draw():
-    code = "import sys, symbreak.eval.cli; assert 'matplotlib' not in sys.modules"
+    code = (
+        "import sys, symbreak.cli, symbreak.eval.evaluate; symbreak.cli.build_parser(); "
+        "assert 'matplotlib' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -20,8 +20,8 @@ from symbreak.cli import main
 from symbreak.data import load_config
 from symbreak.errors import ExperimentError
 from symbreak.experiments import stats as sstats
-from symbreak.experiments.grid import load_grid
 from symbreak.experiments.cells import Manifest, cell_state, prepare_cell, read_manifest
+from symbreak.experiments.grid import load_grid
 
 FAST = {
     "model.n_layer": 1,

@@ -28,6 +28,12 @@ INT64 = (-(2**63), 2**63 - 1)
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; numpy's need them non-negative
 MAX_THREADS = 1024  # a sanity bound: torch starts that many OS threads at its first kernel
 
+# Choices of a few keys that commands also offer as options (here, not in the torch modules
+# that use them, so that building the command-line parser imports no torch).
+POS_ENCODINGS = ("learned", "sinusoidal", "rope", "alibi", "none")  # model/positional.py
+MASKS = ("causal", "bidirectional")
+SB_EVAL_CHOICES = ("mean", "sample", "zero")  # sb.eval: the biases at evaluation
+
 
 def _choices(*values: str, default: str) -> Any:
     return field(default=default, metadata={"choices": values})
@@ -63,11 +69,9 @@ class ModelConfig:
     prelu_init_mean: float = 0.2  # paper: negative slopes ~ N(0.2, 1.0), one per hidden feature
     prelu_init_std: float = 1.0
     bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2
-    pos_encoding: str = _choices(
-        "learned", "sinusoidal", "rope", "alibi", "none", default="learned"
-    )  # see model/positional.py
+    pos_encoding: str = _choices(*POS_ENCODINGS, default="learned")  # see model/positional.py
     dropout: float = 0.0
-    mask: str = _choices("causal", "bidirectional", default="causal")
+    mask: str = _choices(*MASKS, default="causal")
     residual: str = _choices("both", "attn", "mlp", "none", default="both")  # kept residuals
     rope_base: float = 10000.0  # RoPE: theta_i = rope_base^(-2i / d_head)
     init_from: str = ""  # a symbreak run or a local Hugging Face GPT-2 directory; "": random
@@ -88,7 +92,7 @@ class SBConfig:
     v_std: float | list[float] = 0.05
     mode: str = _choices("batch", "fixed", "learned", default="batch")
     per_head: bool = False
-    eval: str = _choices("mean", "sample", "zero", default="mean")
+    eval: str = _choices(*SB_EVAL_CHOICES, default="mean")
     seed: int | None = None  # None: train.seed
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from symbreak.config import Config
+from symbreak.config import SB_EVAL_CHOICES, Config
 from symbreak.data import GPT2_VOCAB_SIZE, GPT2Tokenizer, data_tokenizer
 from symbreak.data.tokenizer import Tokenizer
 from symbreak.device import resolve_device
@@ -36,8 +36,6 @@ from symbreak.train.checkpoint import (
     step_dir_name,
 )
 from symbreak.train.checkpoint import best_checkpoint as train_best_checkpoint
-
-SB_EVAL_CHOICES = ("mean", "sample", "zero")
 
 
 @dataclass

@@ -32,6 +32,7 @@ from symbreak.analysis import enrichment as enr
 from symbreak.analysis.classes import classify_vocab, token_string
 from symbreak.analysis.directions import Direction, probe_direction, random_directions
 from symbreak.analysis.keys import context_stats, vocab_keys
+from symbreak.analysis.options import Options
 from symbreak.analysis.text import windows
 from symbreak.data.tokenizer import GPT2_VOCAB_SIZE
 from symbreak.device import autocast, resolve_dtype
@@ -43,36 +44,6 @@ from symbreak.seeding import keyed_seed
 SCHEMA = "symbreak.analysis/1"
 Progress = Callable[[str], None]
 ENDS = ("amplified", "suppressed")
-
-
-@dataclass
-class Options:
-    top: int = 50  # K: tokens in each end
-    permutations: int = 1000
-    null_directions: int = 100
-    min_count: int = 5  # context: ids seen fewer times are left out of the population
-    seed: int = 0
-    vocab_positions: str = "none"  # "none" | "mean"
-    alpha: float = 0.05  # q-value threshold used by the summary and figures
-    dtype: str = "fp32"  # in-context forward: "fp32" (exact) or "bf16" (autocast, faster)
-
-    def check(self) -> None:
-        if self.top < 1:
-            raise SymbreakError(f"--top must be at least 1, got {self.top}")
-        if self.permutations < 1:
-            raise SymbreakError(f"--permutations must be at least 1, got {self.permutations}")
-        if self.null_directions < 1:
-            raise SymbreakError(f"--null-directions must be at least 1, got {self.null_directions}")
-        if self.min_count < 1:
-            raise SymbreakError(f"--min-count must be at least 1, got {self.min_count}")
-        if not 0 < self.alpha < 1:
-            raise SymbreakError(f"--alpha must be between 0 and 1, got {self.alpha}")
-        if self.dtype not in ("fp32", "bf16"):
-            raise SymbreakError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
-        if self.vocab_positions not in ("none", "mean"):
-            raise SymbreakError(
-                f"--vocab-positions must be none or mean, got {self.vocab_positions!r}"
-            )
 
 
 def _f(x: float) -> float | None:
@@ -385,7 +356,18 @@ def analyze_run(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The whole analysis.json of a run (and of its symmetric ``baseline``, on the same
-    tokens, probed with the vector its bQ would have had)."""
+    tokens, probed with the vector its bQ would have had). The analysis of ``symbreak
+    analyze``; :func:`symbreak.analysis.output.write_outputs` writes the JSON, figures and
+    report.html.
+
+    >>> from symbreak.analysis import Options, analyze_run
+    >>> from symbreak.analysis.text import validation_tokens
+    >>> from symbreak.runs import load_run
+    >>> run = load_run("runs/bq", "latest")  # doctest: +SKIP
+    >>> tokens = validation_tokens(run.cfg, 8192)  # doctest: +SKIP
+    >>> result = analyze_run(run, tokens, Options(permutations=200), "validation")  # doctest: +SKIP
+    >>> result["scopes"].keys()  # doctest: +SKIP
+    """
     if baseline is not None:
         check_same_shape(run, baseline)
     result: dict[str, Any] = {

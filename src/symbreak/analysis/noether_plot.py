@@ -9,22 +9,21 @@ run's ``noether.csv`` (``train.log_noether=true``; see :mod:`symbreak.train.noet
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from symbreak.analysis.options import NOETHER_QUANTITIES
 from symbreak.atomic import fsync_dir
 from symbreak.errors import SymbreakError
 from symbreak.train.noether_log import FILENAME
 
 SECTOR_NAMES = {"qk": "Q-K", "vo": "V-O"}
-QUANTITIES = ("charge", "relative")
+QUANTITIES = NOETHER_QUANTITIES
 
 
 @dataclass
@@ -154,38 +153,28 @@ def summary_lines(runs: list[RunCharges]) -> list[str]:
     return out
 
 
-def cmd_noether(args: argparse.Namespace) -> int:
+def plot_noether(
+    run_dirs: list[Path] | list[str], out: Path | str, quantity: str = "charge"
+) -> list[RunCharges]:
+    """Read each run's ``noether.csv`` and draw the overlaid charges to ``out`` (.png, .pdf or
+    .svg); the runs' charges come back for :func:`summary_lines`. What ``symbreak noether``
+    does.
+
+    >>> from symbreak.analysis.noether_plot import plot_noether, summary_lines
+    >>> runs = plot_noether(["runs/ecd", "runs/adamw"], "charges.png")  # doctest: +SKIP
+    >>> print("\\n".join(summary_lines(runs)))  # doctest: +SKIP
+    """
     if importlib.util.find_spec("matplotlib") is None:
         raise SymbreakError(
             "symbreak noether draws with matplotlib, which is not installed: "
             "pip install 'symbreak[plot]'"
         )
+    out = Path(out)
     supported = {"png", "pdf", "svg"}
-    if args.out.suffix.lstrip(".").lower() not in supported:
-        raise SymbreakError(f"--out {args.out}: the file must end in .png, .pdf or .svg")
-    runs = [load_run(d, args.quantity) for d in args.run_dirs]
-    plot(runs, args.out, args.quantity)
-    print("\n".join(summary_lines(runs)))
-    print(f"wrote {args.out}")
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    """Add ``noether`` to an ``add_subparsers()`` object."""
-    p = subparsers.add_parser(
-        "noether",
-        help="plot runs' Noether charges (train.log_noether) against step",
-        description="Plot the attention rotation charges of one or more runs (their "
-        "noether.csv, written with train.log_noether=true) against step, overlaid: one panel "
-        "per layer and sector (Q-K, V-O), median (solid) and max (dashed) over heads, log "
-        "scale.",
-    )
-    p.add_argument("run_dirs", metavar="RUN", type=Path, nargs="+", help="run directories")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE.png", help="the figure")
-    p.add_argument(
-        "--quantity",
-        choices=QUANTITIES,
-        default="charge",
-        help="charge = |L|_F (default) or relative = |L|_F / (|W|_F |P|_F)",
-    )
-    p.set_defaults(func=cmd_noether)
+    if out.suffix.lstrip(".").lower() not in supported:
+        raise SymbreakError(f"--out {out}: the file must end in .png, .pdf or .svg")
+    if quantity not in QUANTITIES:
+        raise SymbreakError(f"--quantity {quantity!r} is not one of {', '.join(QUANTITIES)}")
+    runs = [load_run(d, quantity) for d in run_dirs]
+    plot(runs, out, quantity)
+    return runs

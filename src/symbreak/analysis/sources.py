@@ -17,13 +17,12 @@ from pathlib import Path
 
 import torch
 
+from symbreak.analysis.options import TEXT_SOURCES
 from symbreak.config import Config
 from symbreak.data import GPT2_VOCAB_SIZE, load_config
 from symbreak.errors import DataError, SymbreakError
 from symbreak.model import GPT
 from symbreak.seeding import keyed_seed
-
-TEXT_SOURCES = ("val", "random")
 
 
 @dataclass

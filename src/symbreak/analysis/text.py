@@ -10,11 +10,10 @@ from pathlib import Path
 
 import torch
 
+from symbreak.analysis.options import DEFAULT_TOKENS
 from symbreak.config import Config
 from symbreak.data import encode, load_data
 from symbreak.errors import DataError
-
-DEFAULT_TOKENS = 65536
 
 
 def validation_tokens(cfg: Config, n_tokens: int = DEFAULT_TOKENS) -> torch.Tensor:

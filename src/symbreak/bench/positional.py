@@ -1,6 +1,6 @@
 """What each position encoding costs: training steps timed side by side, ratios to NoPE.
 
-``python -m symbreak.bench.positional [--steps N] [--json] [KEY=VALUE ...]`` builds one model
+``symbreak bench positional [--steps N] [--json] [KEY=VALUE ...]`` builds one model
 per ``model.pos_encoding`` (same config otherwise, overrides as for ``symbreak train``) and
 times a forward + backward of one micro-batch of random tokens for each, in interleaved rounds
 (the order rotating every round) so that a shared machine's drift hits them alike. It reports
@@ -9,12 +9,16 @@ with other jobs the fastest of many rounds is the steadier figure). ``learned``,
 ``sinusoidal``, ``rope`` and ``none`` keep the fused attention kernel (``is_causal=True`` or
 no mask); ``alibi`` passes an explicit ``(n_head, T, T)`` bias, which the flash kernels do not
 take, so SDPA falls back to a slower one: the ratio shows by how much.
+
+From Python::
+
+    from symbreak.bench.positional import bench_positional, format_table
+
+    print(format_table(bench_positional(["model.preset=tiny"], steps=5)))
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,6 +27,7 @@ from typing import Any
 
 import torch
 
+from symbreak.bench import POSITIONAL_STEPS, POSITIONAL_WARMUP
 from symbreak.data import load_config
 from symbreak.data.loader import input_targets, run_loss_positions
 from symbreak.device import autocast, resolve_device, resolve_dtype
@@ -31,7 +36,9 @@ from symbreak.model.positional import POS_ENCODINGS
 
 
 def bench_positional(
-    overrides: Sequence[str] = (), steps: int = 10, warmup: int = 2
+    overrides: Sequence[str] = (),
+    steps: int = POSITIONAL_STEPS,
+    warmup: int = POSITIONAL_WARMUP,
 ) -> dict[str, Any]:
     """Median forward+backward milliseconds per encoding and the ratio to ``none``."""
     base = load_config(None, list(overrides))
@@ -106,26 +113,5 @@ def format_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m symbreak.bench.positional", description=__doc__)
-    p.add_argument("--steps", type=int, default=10, help="timed rounds (default 10)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed rounds (default 2)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from symbreak.errors import SymbreakError
-
-    try:
-        r = bench_positional(args.overrides, args.steps, args.warmup)
-    except SymbreakError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    print(json.dumps(r, indent=2) if args.json else format_table(r))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit("run `symbreak bench positional` (same options; --help lists them)")

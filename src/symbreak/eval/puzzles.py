@@ -61,10 +61,10 @@ from typing import Any, TypeVar
 
 from symbreak.data import encode
 from symbreak.errors import DataError, SymbreakError
+from symbreak.eval.options import DEFAULT_PER_CATEGORY
 from symbreak.seeding import keyed_seed
 
 SUITE_VERSION = 1
-DEFAULT_PER_CATEGORY = 200
 COMMON_ID_LIMIT = 20000  # "common" GPT-2 token: among the first 20k BPE ids (merge order)
 MAX_ANSWER_NUMBER = 120
 

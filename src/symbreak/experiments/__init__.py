@@ -1,12 +1,36 @@
-"""Experiments: one training run (:func:`train_run`), ``symbreak sweep`` (a grid of runs,
-resumable, locally or on Slurm through submitit) and ``symbreak report`` (seeds, confidence
-intervals, paired tests and curves over any set of runs).
+"""Experiments: one training run, a grid of runs, and reports over them, as one command each
+(``symbreak train``, ``symbreak sweep``, ``symbreak report``) and the same from Python::
 
-Modules: :mod:`.training` (one run, as ``symbreak train``), :mod:`.grid` (grid file -> cells),
-:mod:`.cells` (cell states, manifest, identity checks), :mod:`.sweep` (run a grid),
-:mod:`.local` (a process pool on this machine), :mod:`.cluster` (submitit), :mod:`.collect`
-(runs -> per-run figures), :mod:`.report` (tables, JSON, PNGs).
+    from symbreak.experiments import build_report, load_grid, run_sweep, train_run
 
-Nothing is imported here eagerly (the command line imports this package without torch); import
-from the modules, e.g. ``from symbreak.experiments.training import train_run``.
+    run_sweep(load_grid("grids/cpu-study.toml"), jobs=2)
+    build_report(["runs/cpu-study"])
+
+Modules: :mod:`.training` (one run, as ``symbreak train``: the trainer plus its task metrics),
+:mod:`.grid` (grid file -> cells), :mod:`.cells` (cell states, manifest, identity checks),
+:mod:`.sweep` (run a grid), :mod:`.local` (a process pool on this machine), :mod:`.cluster`
+(submitit), :mod:`.collect` (runs -> per-run figures), :mod:`.stats` (scipy.stats),
+:mod:`.report` (tables, JSON, PNGs), :mod:`.addition_report` (the addition task). The names
+above are imported on first use: the command line imports this package without torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "train_run": "symbreak.experiments.training",
+    "load_grid": "symbreak.experiments.grid",
+    "run_sweep": "symbreak.experiments.sweep",
+    "build_report": "symbreak.experiments.report",
+    "build_addition_report": "symbreak.experiments.addition_report",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -269,7 +269,7 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
     return ["exact_match.png"]
 
 
-def make_addition_report(
+def build_addition_report(
     paths: list[Path],
     out: Path | None = None,
     threshold: float = 0.9,
@@ -277,6 +277,16 @@ def make_addition_report(
     plot_figures: bool = True,
     echo: Callable[[str], None] = print,
 ) -> int:
+    """The report of ``data.source=addition`` runs: held-out exact match, steps to
+    ``threshold`` and (``probes``) the positional probes, written to ``out`` (default
+    ``SWEEP_DIR/report-addition/``). Returns an exit code (0). What ``symbreak report --task
+    addition`` does.
+
+    >>> from pathlib import Path
+    >>> from symbreak.experiments import build_addition_report
+    >>> build_addition_report([Path("runs/addition")], threshold=0.99)  # doctest: +SKIP
+    0
+    """
     if not 0.0 < threshold <= 1.0:
         raise ExperimentError(f"--threshold must be in (0, 1], got {threshold}")
     if out is not None and out.exists() and not out.is_dir():

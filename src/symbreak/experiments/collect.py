@@ -10,8 +10,6 @@ keys the panel).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import statistics
@@ -322,9 +320,7 @@ def _baseline(records: list[Record], chosen: str | None) -> str | None:
 
 def attach_eval(records: list[Record], echo: Any = print) -> None:
     """Puzzle-suite figures of each run's latest checkpoint (``symbreak eval``'s own JSON,
-    computed now where it does not exist yet)."""
-    from symbreak.cli import main as cli_main
-
+    computed now with :func:`~symbreak.eval.evaluate_run` where it does not exist yet)."""
     for r in records:
         try:
             ckpt = resolve_checkpoint(r.run_dir, LATEST)
@@ -333,22 +329,32 @@ def attach_eval(records: list[Record], echo: Any = print) -> None:
         path = r.run_dir / "eval" / f"{ckpt.name}.json"
         data = _read_eval(path)
         if data is None:
+            from symbreak.eval.evaluate import evaluate_run
+
             echo(f"evaluating {r.name} at {ckpt.name} ...")
-            with contextlib.redirect_stdout(io.StringIO()):
-                rc = cli_main(["eval", str(r.run_dir), "--checkpoint", LATEST])
-            data = _read_eval(path)
-            if rc != 0 or data is None:
-                raise ExperimentError(f"--eval: symbreak eval {r.run_dir} failed (exit {rc})")
+            try:
+                result = evaluate_run(r.run_dir, checkpoint=LATEST)  # writes ``path``
+            except SymbreakError as e:
+                raise ExperimentError(f"--eval: symbreak eval {r.run_dir} failed: {e}") from None
+            data = _eval_figures(result.data)
+            if data is None:
+                raise ExperimentError(f"--eval: symbreak eval {r.run_dir} scored no items")
         r.eval = data
 
 
 def _read_eval(path: Path) -> dict[str, float] | None:
     try:
-        data = json.loads(path.read_text())
+        return _eval_figures(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _eval_figures(data: Any) -> dict[str, float] | None:
+    try:
         overall = data["overall"]
         return {
             "macro_acc": float(overall["acc"]["macro"]["mean"]),
             "answer_ce": float(overall["answer_ce"]["macro"]["mean"]),
         }
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return None

@@ -383,7 +383,7 @@ def _save(fig: Any, axes: Any, used: int, title: str, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# The command
+# The report
 # --------------------------------------------------------------------------------------------
 
 
@@ -394,7 +394,7 @@ def default_out(col: Collection, paths: list[Path]) -> Path:
     return parent / "report"
 
 
-def make_report(
+def build_report(
     paths: list[Path],
     baseline: str | None = None,
     metric: str = "val_loss",
@@ -403,6 +403,17 @@ def make_report(
     plot_figures: bool = True,
     echo: Callable[[str], None] = print,
 ) -> int:
+    """Group the runs (sweep directories or run directories) by their config minus the seed
+    and write report.md, report.json and the PNG curves into ``out`` (default
+    ``SWEEP_DIR/report/``, or ``report/`` beside loose runs); ``echo`` gets the report's text.
+    ``with_eval`` adds the puzzle suite, evaluating runs not yet evaluated at their latest
+    checkpoint. Returns an exit code (0). What ``symbreak report`` does.
+
+    >>> from pathlib import Path
+    >>> from symbreak.experiments import build_report
+    >>> build_report([Path("runs/cpu-study")], baseline="symmetric")  # doctest: +SKIP
+    0
+    """
     if out is not None and out.exists() and not out.is_dir():
         raise ExperimentError(f"--out {out} is a file; give a directory for the report")
     col = collect(paths, baseline)

@@ -64,7 +64,16 @@ def run_sweep(
     wait: bool = False,
     echo: Callable[[str], None] = print,
 ) -> int:
-    """Run (or, with ``dry_run``, describe) every unfinished cell; return an exit code."""
+    """Run (or, with ``dry_run``, describe) every unfinished cell; return an exit code.
+
+    ``jobs`` cells at once on this machine (``executor="local"``), or a Slurm job array
+    (``"slurm"``; ``"submitit-local"`` runs that code path here); ``wait`` blocks until the
+    submitted jobs have ended. What ``symbreak sweep`` does.
+
+    >>> from symbreak.experiments import load_grid, run_sweep
+    >>> run_sweep(load_grid("grid.toml", ["train.max_steps=50"]), jobs=2)  # doctest: +SKIP
+    0
+    """
     cells = grid.cells()
     for cell in cells:
         check_identity(cell)  # every check before anything is written or started

@@ -23,19 +23,17 @@ failed export leaves nothing half-written.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from symbreak.atomic import write_text_atomic
 from symbreak.errors import SymbreakError
-from symbreak.runs import load_run, load_run_config
-from symbreak.train.checkpoint import LATEST
+
+if TYPE_CHECKING:
+    import torch
 
 HF_INSTALL_HINT = "install the Hugging Face extra: pip install 'symbreak[hf]'"
 REMOTE_MODULE = "modeling_symbreak_gpt2"
@@ -97,10 +95,20 @@ def check_exportable(cfg: Any, sb_eval: str | None) -> None:
 def export_hf(
     run_dir: str | Path,
     out: str | Path,
-    checkpoint: str = LATEST,
+    checkpoint: str = "latest",
     sb_eval: str | None = None,
 ) -> ExportResult:
-    """Write ``run_dir``'s checkpoint as a Hugging Face model directory at ``out``."""
+    """Write ``run_dir``'s checkpoint (``latest``, ``best`` or a step number) as a Hugging Face
+    model directory at ``out``; ``sb_eval`` (``mean`` or ``zero``) overrides the run's
+    ``sb.eval``. What ``symbreak export`` does.
+
+    >>> from symbreak.integrations import export_hf
+    >>> res = export_hf("runs/demo", "exports/demo")  # doctest: +SKIP
+    >>> res.architecture, res.folded  # doctest: +SKIP
+    ('SymbreakGPT2LMHeadModel (remote code)', ['bQ', 'bV'])
+    """
+    from symbreak.runs import load_run, load_run_config
+
     run_dir, out = Path(run_dir), Path(out)
     cfg = load_run_config(run_dir)
     check_exportable(cfg, sb_eval)
@@ -209,44 +217,3 @@ def write_tokenizer(out: Path, max_length: int) -> None:
     shutil.copyfile(vocab_bpe, out / "merges.txt")
     tok = GPT2Tokenizer.from_pretrained(str(out), model_max_length=max_length)
     tok.save_pretrained(str(out))
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    res = export_hf(args.run_dir, args.out, checkpoint=args.checkpoint, sb_eval=args.sb_eval)
-    print(
-        f"exported {args.run_dir} step {res.step} to {res.out}: {res.architecture}, "
-        f"biases folded: {', '.join(res.folded) or 'none'}, vocabulary {res.vocab_size}"
-    )
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    """Add ``export`` to an ``add_subparsers()`` object."""
-    p = subparsers.add_parser(
-        "export",
-        help="export a run as a Hugging Face model directory",
-        description="Export a run's checkpoint as a Hugging Face directory (config.json, "
-        "model.safetensors, GPT-2 tokenizer). The mean symmetry-breaking biases are folded "
-        "into c_attn.bias. GELU runs become a standard GPT2LMHeadModel; PReLU runs ship their "
-        "modeling file (load with trust_remote_code=True).",
-    )
-    p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a run directory")
-    p.add_argument("--format", choices=("hf",), default="hf", help="output format (hf)")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="new output directory")
-    p.add_argument(
-        "--checkpoint",
-        default=LATEST,
-        help="latest (default), best, or a step number",
-    )
-    p.add_argument(
-        "--sb-eval",
-        choices=EXPORT_SB_EVAL,
-        default=None,
-        help="fold the mean biases (mean) or drop them (zero); default: the run's sb.eval",
-    )
-    p.set_defaults(func=cmd_export)

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import torch
 
-POS_ENCODINGS = ("learned", "sinusoidal", "rope", "alibi", "none")
-MASKS = ("causal", "bidirectional")
+from symbreak.config import MASKS as MASKS  # re-exported: model.mask's choices
+from symbreak.config import POS_ENCODINGS as POS_ENCODINGS  # model.pos_encoding's choices
 
 
 def sinusoidal_table(n_pos: int, dim: int, base: float = 10000.0) -> torch.Tensor:

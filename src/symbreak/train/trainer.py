@@ -130,7 +130,7 @@ def train(cfg: Config, task_metrics: Mapping[str, TaskMetric] | None = None) -> 
     """Train ``cfg`` (resolved) into ``<train.out_dir>/<train.name>``; return a summary.
 
     ``task_metrics`` are logged to ``metrics.csv`` at every evaluation (one column each).
-    :func:`symbreak.experiments.training.train_run` passes the ones a data source calls for, as
+    :func:`symbreak.experiments.train_run` passes the ones a data source calls for, as
     ``symbreak train`` does. The run directory is locked (:mod:`symbreak.train.lock`) for the
     whole run: a second process training the same run stops at once with
     :class:`RunLockedError`.

@@ -1,9 +1,11 @@
 """``symbreak bench <target>``: the command-line side of the benchmarks.
 
 :func:`register` adds ``bench`` to the top-level sub-commands; each target (``optim``,
-``train``) is one ``add_<target>(targets)`` function listed in :data:`TARGETS`, so adding a
-target is one function and one entry. Nothing here imports torch: building the parser stays
-fast; the handlers import the benchmark when they run.
+``train``, ``positional``) is one ``add_<target>(targets)`` function listed in :data:`TARGETS`,
+so adding a target is one function and one entry. Nothing here imports torch: building the
+parser stays fast; the handlers import the benchmark when they run
+(:func:`symbreak.bench.optim.bench_optim`, :func:`symbreak.bench.train.bench_train`,
+:func:`symbreak.bench.positional.bench_positional`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from symbreak.bench import (
     DEFAULT_STEPS,
     DEFAULT_WARMUP,
     OPTIMIZERS,
+    POSITIONAL_STEPS,
+    POSITIONAL_WARMUP,
     TRAIN_STEPS,
     TRAIN_WARMUP,
 )
@@ -116,7 +120,37 @@ def add_train(targets: Subparsers) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-TARGETS: tuple[Callable[[Subparsers], None], ...] = (add_optim, add_train)
+def add_positional(targets: Subparsers) -> None:
+    """``bench positional``: what each position encoding costs, ratios to NoPE."""
+    p = targets.add_parser(
+        "positional",
+        help="time forward+backward steps per model.pos_encoding, ratios to none (NoPE)",
+        description="Build one model per model.pos_encoding (same config otherwise, overrides "
+        "as for `symbreak train`) and time a forward + backward of one micro-batch of random "
+        "tokens for each, in interleaved rounds (the order rotating every round), and report "
+        "the median and the fastest step time of each and their ratios to none. alibi passes "
+        "an explicit attention bias, which the flash kernels do not take: the ratio shows what "
+        "the slower kernel costs.",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=POSITIONAL_STEPS,
+        help=f"timed rounds (default {POSITIONAL_STEPS})",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=POSITIONAL_WARMUP,
+        help=f"untimed rounds (default {POSITIONAL_WARMUP})",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.set_defaults(func=_cmd_positional)
+
+
+TARGETS: tuple[Callable[[Subparsers], None], ...] = (add_optim, add_train, add_positional)
 
 
 def _run(
@@ -169,6 +203,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
         compile=args.compile,
         profile=args.profile,
     )
+
+
+def _cmd_positional(args: argparse.Namespace) -> int:
+    import torch
+
+    from symbreak.bench.positional import bench_positional, format_table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = bench_positional(args.overrides, args.steps, args.warmup)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0
 
 
 def _timing_args(p: argparse.ArgumentParser, steps: int, warmup: int, unit: str, note: str) -> None:

@@ -1,8 +1,8 @@
-"""``symbreak probe permutation|position``: ``register(subparsers)`` adds them.
+"""``symbreak probe permutation|position``: positional-symmetry probes.
 
-Thin: options in, :mod:`symbreak.analysis.permutation` / :mod:`symbreak.analysis.position` do
-the work, a table out and JSON (and PNGs) written atomically. Errors are
-:class:`~symbreak.errors.SymbreakError` lines.
+Thin: options in, :func:`symbreak.analysis.probes.probe_permutation` /
+:func:`symbreak.analysis.probes.probe_position` do the work, a table out and JSON (and PNGs)
+written atomically. Errors are :class:`~symbreak.errors.SymbreakError` lines.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from symbreak.analysis.options import TEXT_SOURCES
 from symbreak.errors import SymbreakError
 
 MATPLOTLIB_PIN = "matplotlib==3.11.2"
-GRID_ENCODINGS = ("none", "learned", "sinusoidal", "rope", "alibi")
 
 
 def _int_list(text: str) -> list[int]:
@@ -49,7 +49,7 @@ def _common(p: argparse.ArgumentParser, runs: str) -> None:
     p.add_argument("--checkpoint", default="latest", metavar="latest|best|STEP")
     p.add_argument(
         "--text",
-        choices=("val", "random"),
+        choices=TEXT_SOURCES,
         default="val",
         help="held-out text: the validation split of the config's data.source (default) or "
         "uniformly random token ids",
@@ -111,7 +111,7 @@ def register(subparsers: Any) -> None:
         help="fresh models of every pos_encoding x mask x n_layer 1,2, other keys "
         "from --init (or the defaults)",
     )
-    p.set_defaults(func=cmd_permutation)
+    p.set_defaults(func=run_permutation)
 
     p = targets.add_parser(
         "position",
@@ -145,22 +145,7 @@ def register(subparsers: Any) -> None:
         help="adjacency: pairs with 1 <= |i-j| <= near count as near (default 2)",
     )
     p.add_argument("--no-plot", action="store_true", help="JSON and table only")
-    p.set_defaults(func=cmd_position)
-
-
-# --------------------------------------------------------------------------------------------
-
-
-def _sources(args: argparse.Namespace) -> list:
-    from symbreak.analysis.sources import init_model, load_source
-
-    if args.init is not None and args.run_dirs:
-        raise SymbreakError("pass RUN_DIRs or --init KEY=VALUE ..., not both")
-    if args.init is not None:
-        return [init_model(args.init)]
-    if not args.run_dirs:
-        raise SymbreakError("pass a RUN_DIR or --init KEY=VALUE ...")
-    return [load_source(d, None, args.checkpoint) for d in args.run_dirs]
+    p.set_defaults(func=run_position)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -171,127 +156,62 @@ def _write_json(path: Path, data: dict) -> None:
     print(f"wrote {path}")
 
 
-def cmd_permutation(args: argparse.Namespace) -> int:
-    import torch
+def run_permutation(args: argparse.Namespace) -> int:
+    from symbreak.analysis.probes import (
+        permutation_json,
+        permutation_lines,
+        permutation_summary,
+        probe_permutation,
+    )
 
-    from symbreak.analysis.permutation import permutation_test
-    from symbreak.analysis.sources import held_out_tokens, init_model
-
-    if args.grid:
-        if args.run_dirs:
-            raise SymbreakError("--grid builds fresh models: use it with --init, not a RUN_DIR")
-        base = list(args.init or [])
-        sources = [
-            init_model(
-                [*base, f"model.pos_encoding={pe}", f"model.mask={mask}", f"model.n_layer={layers}"]
-            )
-            for pe in GRID_ENCODINGS
-            for mask in ("bidirectional", "causal")
-            for layers in (1, 2)
-        ]
-    else:
-        sources = _sources(args)
-        if len(sources) > 1:
-            raise SymbreakError("probe permutation takes one RUN_DIR")
-    dtype = torch.float64 if args.dtype == "float64" else torch.float32
-    rows, out = [], []
-    for src in sources:
-        T = src.cfg.model.block_size
-        lengths = args.lengths or sorted({2**k for k in range(2, T.bit_length())} | {T})
-        if max(lengths) > T:
-            raise SymbreakError(
-                f"--lengths asks for n={max(lengths)} but {src.label} has sequences of at most "
-                f"model.block_size={T} tokens"
-            )
-        if min(lengths) < 3:
-            raise SymbreakError("--lengths: n must be at least 3 (two tokens to shuffle)")
-        tokens = held_out_tokens(src.cfg, args.sequences, max(lengths), args.text, args.seed)
-        res = permutation_test(
-            src.model, tokens, lengths, args.permutations, args.seed, dtype, args.tolerance
-        )
-        m = src.cfg.model
-        rows.append((m.pos_encoding, m.mask, m.n_layer, m.residual, res))
-        out.append(
-            {
-                "label": src.label,
-                "pos_encoding": m.pos_encoding,
-                "mask": m.mask,
-                "n_layer": m.n_layer,
-                "residual": m.residual,
-                **res.to_json(),
-                "model": src.cfg.to_dict()["model"],
-            }
-        )
-        if not args.grid:
-            print(
-                f"{src.label}: pos_encoding={m.pos_encoding} mask={m.mask} "
-                f"n_layer={m.n_layer} residual={m.residual}, {args.text} text, {res.dtype}"
-            )
-            print(f"{'n':>5} {'max rel change':>15} {'mean':>11}")
-            for r in res.lengths:
-                print(f"{r.n:>5} {r.max_rel_change:>15.3e} {r.mean_rel_change:>11.3e}")
-    print(f"{'pos_encoding':<12} {'mask':<14} {'layers':>6} {'max rel change':>15}  verdict")
-    for pe, mask, layers, _, res in rows:
-        verdict = "invariant" if res.invariant else "not invariant"
-        print(f"{pe:<12} {mask:<14} {layers:>6} {res.max_rel_change:>15.3e}  {verdict}")
+    probes = probe_permutation(
+        args.run_dirs,
+        init=args.init,
+        grid=args.grid,
+        checkpoint=args.checkpoint,
+        text=args.text,
+        seed=args.seed,
+        lengths=args.lengths,
+        sequences=args.sequences,
+        permutations=args.permutations,
+        dtype=args.dtype,
+        tolerance=args.tolerance,
+    )
+    if not args.grid:
+        for probe in probes:
+            print("\n".join(permutation_lines(probe, args.text)))
+    print("\n".join(permutation_summary(probes)))
     if args.out:
-        _write_json(
-            args.out, {"probe": "permutation", "text": args.text, "seed": args.seed, "results": out}
-        )
+        _write_json(args.out, permutation_json(probes, args.text, args.seed))
     return 0
 
 
-def cmd_position(args: argparse.Namespace) -> int:
-    from symbreak.analysis.position import format_table, plot_probes, probe_positions
-    from symbreak.analysis.sources import held_out_tokens, random_init_control
+def run_position(args: argparse.Namespace) -> int:
+    from symbreak.analysis.position import format_table, plot_probes
+    from symbreak.analysis.probes import position_json, probe_position
 
     if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
         raise SymbreakError(
             f"probe position draws its figures with matplotlib, which is not installed: pip "
             f"install {MATPLOTLIB_PIN} (or pass --no-plot)"
         )
-    sources = _sources(args)
-    probes = []
-    for src in sources:
-        block_size = src.cfg.model.block_size
-        T = args.length or block_size
-        if block_size < T:
-            raise SymbreakError(
-                f"--length {T} is longer than {src.label}'s model.block_size="
-                f"{src.cfg.model.block_size}"
-            )
-        if T < 4:
-            raise SymbreakError("--length must be at least 4 (near and distant pairs)")
-        n = args.fit_sequences + args.score_sequences
-        tokens = held_out_tokens(src.cfg, n, T, args.text, args.seed)
-        probes.append(
-            probe_positions(
-                src.label,
-                src.model,
-                random_init_control(src.cfg),
-                tokens[: args.fit_sequences],
-                tokens[args.fit_sequences :],
-                args.alpha,
-                args.near,
-                args.seed,
-            )
-        )
-    print(format_table(probes))
-    out = args.out or Path("probe_position.json")
-    _write_json(
-        out,
-        {
-            "probe": "position",
-            "text": args.text,
-            "seed": args.seed,
-            "runs": [
-                {**p.to_json(), "model": src.cfg.to_dict()["model"]}
-                for p, src in zip(probes, sources, strict=True)
-            ],
-        },
+    probes = probe_position(
+        args.run_dirs,
+        init=args.init,
+        checkpoint=args.checkpoint,
+        text=args.text,
+        seed=args.seed,
+        length=args.length,
+        fit_sequences=args.fit_sequences,
+        score_sequences=args.score_sequences,
+        alpha=args.alpha,
+        near=args.near,
     )
+    print(format_table([p for _, p in probes]))
+    out = args.out or Path("probe_position.json")
+    _write_json(out, position_json(probes, args.text, args.seed))
     if not args.no_plot:
         r2_png, sim_png = out.with_suffix(".r2.png"), out.with_suffix(".similarity.png")
-        plot_probes(probes, str(r2_png), str(sim_png))
+        plot_probes([p for _, p in probes], str(r2_png), str(sim_png))
         print(f"wrote {r2_png}\nwrote {sim_png}")
     return 0

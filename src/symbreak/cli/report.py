@@ -1,4 +1,6 @@
-"""The ``sweep`` and ``report`` sub-commands: ``register(subparsers)`` adds them."""
+"""``symbreak report RUN...``: tables, paired tests and curves over runs;
+:func:`symbreak.experiments.build_report` (and :func:`~symbreak.experiments.build_addition_report`
+for ``--task addition``) do the work."""
 
 from __future__ import annotations
 
@@ -6,45 +8,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from symbreak.cli.argtypes import int_range
 from symbreak.errors import ExperimentError
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "sweep",
-        help="train every cell of a grid of runs (resumable; local or Slurm)",
-        description="Train every cell of GRID.toml (axes, named variants, seeds) as an "
-        "ordinary run directory <out_dir>/<sweep>/<cell>/, skipping finished cells and "
-        "resuming interrupted ones; writes <out_dir>/<sweep>/sweep.json. KEY=VALUE overrides "
-        "apply to every cell. See README.md for the grid format.",
-    )
-    p.add_argument("grid", type=Path, help="grid file (TOML)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    p.add_argument(
-        "--jobs",
-        type=int_range(1, 256),
-        default=1,
-        metavar="N",
-        help="cells at once on this machine, splitting its cores between them (default 1)",
-    )
-    p.add_argument(
-        "--executor",
-        choices=("local", "slurm", "submitit-local"),
-        default="local",
-        help="local (default): child processes here; slurm: a Slurm job array through "
-        "submitit; submitit-local: the Slurm code path run here by submitit",
-    )
-    p.add_argument(
-        "--dry-run", action="store_true", help="print the cells and what would run; run nothing"
-    )
-    p.add_argument(
-        "--wait",
-        action="store_true",
-        help="with a submitit executor: block until every job has ended",
-    )
-    p.set_defaults(func=cmd_sweep)
-
     p = subparsers.add_parser(
         "report",
         help="tables, paired tests and curves over a sweep or runs",
@@ -95,39 +62,28 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="output directory")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG figures")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=run)
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from symbreak.experiments.grid import load_grid
-    from symbreak.experiments.sweep import run_sweep
-
-    if args.wait and args.executor == "local":
-        raise ExperimentError("--wait only applies to --executor slurm or submitit-local")
-    grid = load_grid(args.grid, args.overrides)
-    return run_sweep(grid, args.jobs, args.executor, args.dry_run, args.wait)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from symbreak.experiments.report import make_report
-
+def run(args: argparse.Namespace) -> int:
     if args.task == "addition":
-        from symbreak.experiments.addition_report import make_addition_report
+        from symbreak.experiments.addition_report import build_addition_report
 
         if args.eval or args.baseline or args.metric != "val_loss":
             raise ExperimentError(
                 "--task addition takes none of --eval, --baseline, --metric (it reports exact "
                 "match, steps to --threshold and the probes)"
             )
-        return make_addition_report(
+        return build_addition_report(
             args.runs,
             out=args.out,
             threshold=args.threshold,
             probes=not args.no_probes,
             plot_figures=not args.no_plot,
         )
+    from symbreak.experiments.report import build_report
 
-    return make_report(
+    return build_report(
         args.runs,
         baseline=args.baseline,
         metric=args.metric,

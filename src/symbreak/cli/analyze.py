@@ -1,4 +1,5 @@
-"""The ``analyze`` sub-command: ``register(subparsers)`` adds it.
+"""``symbreak analyze RUN_DIR``: which token classes each head amplifies or suppresses with
+<bQ>; :func:`symbreak.analysis.alignment.analyze_run` does the work.
 
 Cheap checks (options, matplotlib, the --text file) run before any model is loaded, so mistakes
 fail in a second. Default output: ``RUN_DIR/analysis/<checkpoint>/`` (e.g.
@@ -13,8 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from symbreak.analysis.alignment import Options
-from symbreak.analysis.text import DEFAULT_TOKENS
+from symbreak.analysis.options import DEFAULT_TOKENS, Options
 
 
 def _positive(text: str) -> int:
@@ -117,10 +117,10 @@ def register(subparsers: Any) -> None:
         metavar="DIR",
         help="output directory (default RUN_DIR/analysis/<checkpoint>/)",
     )
-    p.set_defaults(func=cmd_analyze)
+    p.set_defaults(func=run)
 
 
-def cmd_analyze(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from symbreak.analysis.alignment import analyze_run, check_same_shape, populations
     from symbreak.analysis.figures import require_matplotlib
     from symbreak.analysis.output import summary_lines, write_outputs

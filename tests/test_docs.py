@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 from symbreak.config import all_keys, key_docs
@@ -44,3 +45,20 @@ def test_every_key_and_choice_is_on_the_configuration_page():
         assert e["doc"] in row.replace("\\|", "|")
         for choice in e["choices"]:
             assert f"`{choice}`" in row, f"{e['key']}: choice {choice} missing"
+
+
+README = ROOT / "README.md"
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def test_readme_is_short():
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines; the manual belongs in docs/"
+
+
+def test_readme_relative_links_point_to_existing_files():
+    targets = LINK.findall(README.read_text(encoding="utf-8"))
+    relative = [t for t in targets if not re.match(r"^[a-z][a-z0-9+.-]*:", t) and t[0] != "#"]
+    assert relative, "README.md links to no file: the check would pass vacuously"
+    missing = [t for t in relative if not (ROOT / t.split("#")[0]).exists()]
+    assert not missing, f"README.md links to missing files: {missing}"

@@ -37,7 +37,7 @@ test-fast: setup lint docs-check
 	$(BIN)/python -m pytest -q -m "not slow"
 
 docs: setup
-	$(BIN)/mkdocs build --strict -d site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
 # the strict build alone, into a throwaway directory: a broken link or API page fails the tests
 docs-check: setup

@@ -1,6 +1,8 @@
 # make setup : create .venv and install symbreak with pinned dependencies
 # make run   : set up, then train the demo run (tiny preset, bQ+bV, Shakespeare) and print results
-# make test  : set up, then run ruff and the whole test suite
+# make test  : set up, then run ruff, the strict docs build and the whole test suite
+# make test-fast : the same without the tests marked slow
+# make docs  : build the documentation site (mkdocs-material) into site/
 # make report-screenshot RUN=RUN_DIR [REPORT=FILE.html]: render the newest analysis report of a
 #              run (symbreak analyze) with headless Chromium into report.png beside it
 PYTHON ?= python3
@@ -11,7 +13,7 @@ STAMP  := $(VENV)/.installed
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup run test lint clean report-screenshot
+.PHONY: setup run test test-fast lint docs docs-check clean report-screenshot
 
 setup: $(STAMP)
 
@@ -28,8 +30,19 @@ run: setup
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup lint
+test: setup lint docs-check
 	$(BIN)/python -m pytest -q
+
+test-fast: setup lint docs-check
+	$(BIN)/python -m pytest -q -m "not slow"
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
+# the strict build alone, into a throwaway directory: a broken link or API page fails the tests
+docs-check: setup
+	@out=$$(mktemp -d); NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q -d "$$out"; \
+	rc=$$?; rm -rf "$$out"; exit $$rc
 
 report-screenshot:
 	@report="$(REPORT)"; \
@@ -47,4 +60,4 @@ report-screenshot:
 	echo "wrote $$out"
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

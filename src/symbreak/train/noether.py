@@ -1,109 +1,21 @@
 r"""Noether charges of the attention rotation symmetries, and the laws they obey.
 
-**Layout.** In attention layer ``l`` (``C = n_embd``, ``H = n_head``, ``d = C / H``),
-``c_attn.weight`` is ``(3C, C)`` with rows ``[W_Q; W_K; W_V]``, and head ``h`` owns rows
-``h d .. (h+1) d - 1`` of each: ``W_Q^h``, ``W_K^h``, ``W_V^h`` are ``d x C``. ``c_attn.bias``
-is ``[c_Q; c_K; c_V]`` with slices ``c_Q^h`` etc. (``d``), and ``W_O^h`` is the ``C x d``
-column block ``h`` of ``c_proj.weight``. Per head::
+The derivation, with every law, is in ``docs/theory/noether.md`` (the documentation site's
+"Noether charges: the derivation" page). In short: per attention head, rotating
+``W_Q, W_K`` (sector ``qk``) or ``W_V`` against ``W_O`` (sector ``vo``) by ``R = exp(A)``
+leaves every batch's loss unchanged while the unlearned biases bQ, bV are off. For a momentum
+``P`` the charge of generator ``A`` is ``Q(A) = <A, L>`` with the antisymmetric ``d x d``
+charge matrix ``L = (M - M^T) / 2``::
 
-    q = W_Q x + c_Q (+ bQ),  k = W_K x + c_K (+ bK),  v = W_V x + c_V (+ bV)
-    y = softmax(q k^T / sqrt(d)) v,          out = sum_h W_O^h y^h + c_O
+    M_QK = P_Q W_Q^T + P_K W_K^T + p_cQ c_Q^T + p_cK c_K^T
+    M_VO = P_V W_V^T + p_cV c_V^T - W_O^T P_O
 
-**Symmetries.** For ``R = exp(A)`` with ``A = -A^T`` (``d x d``), and the unlearned biases off:
-
-* Q-K sector: ``W_Q -> R W_Q, W_K -> R W_K, c_Q -> R c_Q, c_K -> R c_K`` gives
-  ``(Rq).(Rk) = q.k``: every score, hence the loss of every batch, is unchanged.
-* V-O sector: ``W_V -> R W_V, c_V -> R c_V, W_O -> W_O R^T`` gives
-  ``W_O R^T softmax(.) R v = W_O softmax(.) v``.
-
-Each is a rotation of the parameter vector ``theta``: its tangent at ``s = 0`` of
-``exp(sA)`` is the *linear* map ``theta -> A theta`` (written ``𝒜theta``; :func:`tangent`)::
-
-    QK: dW_Q = A W_Q, dW_K = A W_K, dc_Q = A c_Q, dc_K = A c_K
-    VO: dW_V = A W_V, dc_V = A c_V, dW_O = W_O A^T = -W_O A
-
-``𝒜`` is antisymmetric for the Frobenius product, block by block (``<A X, Z> = -<X, A Z>``,
-``<X A, Z> = -<X, Z A>``), so ``<𝒜x, x> = 0`` for every ``x``, and ``omega(x, z) = <𝒜x, z>``
-is an antisymmetric bilinear form.
-
-**Charges.** For a momentum ``P`` (same layout as ``theta``), the charge of generator ``A`` is
-``Q(A) = <𝒜theta, P>``. With ``<A X, Z> = tr(X^T A^T Z) = <A, Z X^T>`` and
-``<X A, Z> = <A, X^T Z>``::
-
-    Q(A) = <A, M>,   M_QK = P_Q W_Q^T + P_K W_K^T + p_cQ c_Q^T + p_cK c_K^T
-                     M_VO = P_V W_V^T + p_cV c_V^T - W_O^T P_O
-
-and since ``A`` is antisymmetric only ``L = (M - M^T) / 2`` counts: ``Q(A) = <A, L>``. ``L``
-(``d x d``, antisymmetric, ``d(d-1)/2`` numbers) is the head's charge matrix; we log
-``|L|_F`` and ``|L|_F / (|W|_F |P|_F)`` with the norms over the sector's tensors of that head.
-:func:`charges` computes ``L`` for any pair ``(x, z)`` in place of ``(theta, P)``, i.e. the
-form ``omega(x, z)`` for every generator at once.
-
-**Why the loss does not see them.** Invariance of every batch's loss ``ell`` gives
-``<𝒜theta, grad ell(theta)> = 0``; weight decay keeps it: ``(lambda_k/2)|theta_k|^2`` is
-rotation invariant tensor by tensor, so ``<𝒜theta, lambda theta> = 0`` for any per-tensor
-``lambda``. So the force ``G = g + lambda theta`` has zero charge: ``omega(theta, G) = 0``.
-Clipping the global gradient norm multiplies ``g`` by a scalar and keeps this (per-tensor
-clipping would not). Under bf16 autocast each batch's loss is invariant only up to rounding,
-so the laws hold to about 1e-4 relative there, to round-off in float32 and float64.
-
-**Law 1, ECD** (``nu = 0``, ``projection="global"``, one lr for all groups). One
-step is ``p' = a p - kappa G`` (steps 1-2 folded; ``a = c (1 + kappa c <p, G>)``, one global
-scalar) and ``theta' = theta + dt p'``. Then::
-
-    Q'(A) = <𝒜theta + dt 𝒜p', p'> = <𝒜theta, a p - kappa G> = a Q(A)
-
-for every generator of every head, sector and layer with the *same* ``a``: the direction of
-the whole charge vector is conserved (``a > 0`` in practice). ECD starts at ``p = -g/|g|``,
-whose charges are 0, so they stay 0. With ``nu > 0`` step 4 adds ``nu' <𝒜theta', z>``, noise
-that injects charge; from a charged momentum (one noisy step, then ``nu = 0``) all charges keep
-their common ratio. Groups with different lr (``dt_k``, ``kappa_k``) break the law, because
-``omega(theta, G) = 0`` holds only summed over tensors (``c_Q`` is in the no-decay group).
-
-*Per-tensor projection* (``projection="per_tensor"``): tensor ``i`` gets its own ``a_i``, so
-``Q' = sum_i a_i Q_i - kappa sum_i <𝒜theta_i, G_i>``, where ``Q_i`` is the part of the charge
-carried by tensor ``i``; only the sum of the force terms vanishes. What survives: with
-``model.bias=false`` the Q-K charge of layer ``l`` lives in one tensor (``c_attn.weight``), so
-``Q_QK' = a_l Q_QK``: zero stays zero and the direction within a layer is kept (not the ratios
-between layers). The V-O charge spans ``c_attn.weight`` and ``c_proj.weight`` and is not
-conserved; with ``model.bias=true`` neither is the Q-K charge (weight and bias tensors).
-
-**Law 2, SGD heavy ball** (torch's: ``b' = mu b + (1 - damp) G(theta)``,
-``theta' = theta - lr b'``; we take ``P = b``)::
-
-    Q' = <𝒜theta, b'> - lr <𝒜b', b'> = mu Q + (1 - damp) omega(theta, G) = mu Q
-
-so ``Q(t) = mu^t Q(0)``: 0 forever from a zero buffer (torch's first ``b`` is ``G``), a
-geometric decay from a random initial velocity (``optim.init_velocity_std``).
-
-**Nesterov** (torch's: ``b' = mu b + G``, ``theta' = theta - lr (G + mu b')``)::
-
-    Q' = mu Q + omega(theta, G) - lr omega(G, b') - lr mu omega(b', b')
-       = mu Q - lr mu omega(G, b) = mu (Q - lr omega(b', b))
-
-(``omega(G, G) = omega(b, b) = 0``; ``G = b' - mu b``). The source ``omega(b', b)`` is the
-charge of the momentum's turn between two steps: Nesterov conserves nothing exactly. From a
-zero buffer ``Q(1) = 0`` but ``Q(2) = -lr mu omega(G_1, G_0) != 0``. Since
-``omega(G_1, G_0) = omega(G_1 - G_0, G_0)`` and ``G_1 - G_0 = O(lr)``, the leak is ``O(lr^2)``
-per step and vanishes in the continuous-time limit, where Nesterov and heavy ball share a flow.
-
-**Broken symmetry.** With ``bQ`` the Q-K rotations change the loss (``bQ.Rk != bQ.k``), so
-``omega(theta, g) != 0``: a torque drives the Q-K charges off 0; ``bV`` does the same to the V-O
-charges. ``bK`` adds ``q.bK``, the same for every key of a query, which cancels in the softmax:
-the loss stays invariant and the laws hold with bK on.
-
-**Learned biases** (``sb.mode=learned``) are parameters added to q, k or v; the symmetry
-rotates them too (``b -> R b``), adding ``p_b b^T`` to ``M_QK`` (bQ, bK) or ``M_VO`` (bV). With
-``sb.per_head=true`` each head has its own and it is part of that head's charge here. With one
-vector shared by the heads of a layer only a rotation of *all* heads by the same ``R``
-survives, whose charge is ``sum_h L^h + antisym(p_b b^T)``; the per-head charges logged here
-(without the shared bias) are then not conserved.
-
-**Which momentum** (:func:`momentum_state_key`): ECD's ``p`` (``state["momentum"]``), SGD's
-``momentum_buffer`` (``b`` above: minus the velocity over lr), AdamW's ``exp_avg`` (reported
-for comparison, *not* a conserved quantity: Adam's elementwise step is not rotation
-equivariant). SOAP is skipped: its update is preconditioned in per-tensor eigenbases and has no
-momentum with a law of this kind.
+:func:`charges` computes ``L`` for every layer and head at once, :func:`tangent` the
+generator's tangent ``theta -> A theta``, and :func:`momentum_state_key` which optimizer state
+is ``P``. The laws: ECD (``nu = 0``, global projection) multiplies all charges by one number per
+step (charges from ``p = -g/|g|`` stay 0); SGD heavy ball gives ``Q(t+1) = mu Q(t)``; Nesterov
+leaks ``O(lr^2)`` per step; bQ frees the ``qk`` charges and bV the ``vo`` ones, while bK cancels
+in the softmax; AdamW's ``exp_avg`` obeys no law and SOAP is skipped.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ test: setup lint docs-check
 	$(BIN)/python -m pytest -q
 
 test-fast: setup lint docs-check
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not cuda"
 
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site

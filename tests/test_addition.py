@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from symbreak.cli import main
-from symbreak.config import Config
-from symbreak.data import load_config, load_data
+from symbreak.data import config_from_dict, load_config, load_data
 from symbreak.data.addition import (
     LINE,
     AdditionSpec,
@@ -126,7 +125,7 @@ def test_eval_scores_an_oracle_and_a_wrong_thousands_digit(reverse: bool) -> Non
 
 
 def test_eval_cli_on_an_addition_run(tmp_path: Path, capsys) -> None:
-    cfg = Config.from_dict(
+    cfg = config_from_dict(
         {
             "model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 26, "vocab_size": 16},
             "data": {

@@ -21,7 +21,7 @@ from symbreak.analysis.keys import KeyCapture, context_stats, vocab_keys
 from symbreak.analysis.text import windows
 from symbreak.cli import main
 from symbreak.config import Config
-from symbreak.data import prepare_texts
+from symbreak.data import config_from_dict, prepare_texts
 from symbreak.model import GPT
 from symbreak.train.checkpoint import save_checkpoint
 
@@ -38,7 +38,7 @@ def one_thread():
 
 
 def tiny_cfg(**sb) -> Config:
-    return Config.from_dict(
+    return config_from_dict(
         {
             "model": {
                 "n_layer": 2,
@@ -359,7 +359,7 @@ def test_windows_cut_at_block_size():
 
 
 def make_run(root: Path, name: str, data: Path, seed: int, **model) -> Path:
-    cfg = Config.from_dict(
+    cfg = config_from_dict(
         {
             "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64, **model},
             "sb": {"q": seed == 0, "v": True},

@@ -14,8 +14,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from symbreak.cli import build_parser
-from symbreak.config import Config
-from symbreak.data import EOT_ID, GPT2_VOCAB_SIZE, load_data, prepare_texts, val_batches
+from symbreak.data import (
+    EOT_ID,
+    GPT2_VOCAB_SIZE,
+    config_from_dict,
+    load_data,
+    prepare_texts,
+    val_batches,
+)
 from symbreak.errors import CheckpointError, DataError, SymbreakError
 from symbreak.eval.puzzles import CATEGORIES, ENTITIES
 from symbreak.eval.sample import generate
@@ -32,7 +38,7 @@ def cli(*argv: object) -> int:
 
 def make_run(root: Path, name: str, seed: int, data: Path, steps=((5, 7.0),)) -> Path:
     """A 1-layer GPT run directory: config.toml plus checkpoints (step, recorded val_loss)."""
-    cfg = Config.from_dict(
+    cfg = config_from_dict(
         {
             "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64},
             "sb": {"q": True, "v": True},

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from symbreak.cli import main
-from symbreak.config import Config
-from symbreak.data import GPT2_VOCAB_SIZE, encode
+from symbreak.data import GPT2_VOCAB_SIZE, config_from_dict, encode
 from symbreak.errors import SymbreakError
 from symbreak.integrations.export import export_hf
 from symbreak.model import GPT
@@ -26,7 +25,7 @@ os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="symbreak-hf-m
 def make_run(root: Path, name: str, model: dict, sb: dict, seed: int = 0) -> tuple[Path, GPT]:
     """A tiny run directory whose every weight (biases, LayerNorms, slopes, learned sb) is
     random, so a wrong mapping cannot hide behind zeros or ones."""
-    cfg = Config.from_dict(
+    cfg = config_from_dict(
         {
             "model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16, **model},
             "sb": sb,

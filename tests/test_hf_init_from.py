@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from symbreak.config import Config
-from symbreak.data import load_config, prepare_texts
+from symbreak.data import config_from_dict, load_config, prepare_texts
 from symbreak.errors import CheckpointError
 from symbreak.integrations.export import export_hf
 from symbreak.model import GPT
@@ -39,7 +39,7 @@ def tiny_gpt2(path: Path, vocab: int = 96, seed: int = 0, **kw) -> torch.nn.Modu
 
 def sb_model(**model_kw) -> GPT:
     base = {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16, "activation": "gelu"}
-    cfg = Config.from_dict({"model": base | model_kw})
+    cfg = config_from_dict({"model": base | model_kw})
     return GPT(cfg.model, cfg.sb)
 
 
@@ -58,7 +58,7 @@ def test_gpt2_weights_give_equal_logits(tmp_path: Path) -> None:
 
 def test_symmetry_breaking_applies_from_step_zero(tmp_path: Path) -> None:
     hf = tiny_gpt2(tmp_path / "gpt2")
-    cfg = Config.from_dict(
+    cfg = config_from_dict(
         {
             "model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16},
             "sb": {"q": True, "v": True},
@@ -92,7 +92,7 @@ def test_refusals_name_the_problem(tmp_path: Path) -> None:
 
 
 def test_from_a_symbreak_run_and_from_a_prelu_export(tmp_path: Path) -> None:
-    cfg = Config.from_dict(
+    cfg = config_from_dict(
         {
             "model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16},
             "sb": {"q": True, "v": True, "mode": "learned"},
@@ -116,7 +116,7 @@ def test_from_a_symbreak_run_and_from_a_prelu_export(tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(same.eval()(idx)[0], want, atol=0, rtol=0)
     # A batch-mode target cannot hold the source's learned biases: refused, not dropped.
-    cfg_b = Config.from_dict({"model": cfg.to_dict()["model"], "sb": {"q": True}})
+    cfg_b = config_from_dict({"model": cfg.to_dict()["model"], "sb": {"q": True}})
     with pytest.raises(CheckpointError, match=r"bias_q\.weight"):
         init_model_from(GPT(cfg_b.model, cfg_b.sb), run_dir)
     # Export (biases folded into c_attn.bias), then start a bias-free PReLU model from it.

@@ -11,8 +11,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from symbreak.config import Config
-from symbreak.data import EOT_ID, encode
+from symbreak.data import EOT_ID, config_from_dict, encode
 from symbreak.eval.sample import generate
 from symbreak.eval.scoring import mask_padding
 from symbreak.model import GPT
@@ -48,7 +47,7 @@ metric_list:
 
 
 def make_run(root: Path) -> tuple[Path, GPT]:
-    cfg = Config.from_dict(
+    cfg = config_from_dict(
         {
             "model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16},
             "sb": {"q": True, "v": True},

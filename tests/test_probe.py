@@ -12,8 +12,7 @@ from symbreak.analysis.permutation import permutation_test
 from symbreak.analysis.position import adjacency_score, probe_layer, probe_positions, ridge
 from symbreak.analysis.sources import init_model, random_init_control
 from symbreak.cli import main
-from symbreak.config import Config
-from symbreak.data import prepare_texts
+from symbreak.data import config_from_dict, prepare_texts
 from symbreak.model import GPT
 from symbreak.train.checkpoint import save_checkpoint
 
@@ -133,7 +132,7 @@ def run_dir(tmp_path_factory) -> Path:
     """A run directory of a fresh 1-layer learned-PE model, with held-out text to read."""
     root = tmp_path_factory.mktemp("probe_runs")
     prepare_texts([("doc", "The cat sat on the mat. " * 300)], root / "data", show_progress=False)
-    cfg = Config.from_dict(
+    cfg = config_from_dict(
         {
             "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16},
             "data": {"source": str(root / "data")},

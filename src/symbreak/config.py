@@ -623,16 +623,22 @@ class Config:
 
     @classmethod
     def from_dict(cls, tree: dict[str, Any], origin: str = "config") -> Config:
-        """A stored, resolved config (config.toml, a checkpoint's state.json). A key it lacks
-        was added after it was written: it gets :data:`LEGACY_VALUES`' value, what the run
-        really did, rather than today's default."""
+        """A stored, resolved config (config.toml, a checkpoint's state.json), resolved again.
+        A key it lacks was added after it was written: it gets :data:`LEGACY_VALUES`' value,
+        what the run really did, rather than today's default. A partial tree that leaves
+        ``model.vocab_size`` unset goes through :func:`symbreak.data.config_from_dict`."""
+        return cls.from_tree(tree, origin).resolve()
+
+    @classmethod
+    def from_tree(cls, tree: dict[str, Any], origin: str = "config") -> Config:
+        """:meth:`from_dict` without the resolution."""
         cfg = cls()
         for key, value in LEGACY_VALUES.items():
             section, _, name = key.partition(".")
             if isinstance(tree.get(section), dict) and name not in tree[section]:
                 cfg.set(key, value)
         cfg.update(tree, origin=origin)
-        return cfg.resolve()
+        return cfg
 
 
 # --------------------------------------------------------------------------------------------

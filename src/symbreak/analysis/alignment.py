@@ -14,7 +14,7 @@ over held-out text, every layer; see keys.py), over the scope's population of to
   same computation: ``null_percentile`` is the percentile of the selectivity among them, and
   ``enrichment_null_percentile`` that of the strongest class enrichment ratio of each end.
 
-:func:`analyze_model` returns the JSON-ready dict (schema in the README); everything random is
+:func:`analyze_model` returns the JSON-ready dict (schema in docs/analysis.md); everything random is
 seeded, so the same inputs give the same dict.
 """
 

@@ -18,7 +18,7 @@ def register(subparsers: Any) -> None:
         description="Train every cell of GRID.toml (axes, named variants, seeds) as an "
         "ordinary run directory <out_dir>/<sweep>/<cell>/, skipping finished cells and "
         "resuming interrupted ones; writes <out_dir>/<sweep>/sweep.json. KEY=VALUE overrides "
-        "apply to every cell. See README.md for the grid format.",
+        "apply to every cell. See docs/sweeps.md for the grid format.",
     )
     p.add_argument("grid", type=Path, help="grid file (TOML)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")

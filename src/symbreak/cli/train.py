@@ -14,9 +14,10 @@ def register(subparsers: Any) -> None:
         help="train a model",
         description="Train a model. Config: defaults, then -c FILE.toml, then KEY=VALUE "
         "overrides such as model.preset=tiny sb.q=true sb.v=true optim.name=adamw "
-        "train.max_steps=200 train.name=demo. See docs/reference/configuration.md for every key. Output: the run "
-        "directory train.out_dir/train.name (created; a run already there is resumed; a file in "
-        "the way is refused), locked against a second training process while this one runs.",
+        "train.max_steps=200 train.name=demo. See docs/reference/configuration.md for every "
+        "key. Output: the run directory train.out_dir/train.name (created; a run already "
+        "there is resumed; a file in the way is refused), locked against a second training "
+        "process while this one runs.",
     )
     p.add_argument("-c", "--config", help="TOML config file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
@@ -33,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_toml(), end="")
         return 0
-    from symbreak.train.distributed import is_main_process
     from symbreak.experiments.training import train_run
+    from symbreak.train.distributed import is_main_process
 
     main_process = is_main_process()  # under torchrun only rank 0 talks
     sb = [k for k in ("q", "k", "v") if getattr(cfg.sb, k)]

@@ -17,6 +17,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -416,6 +417,12 @@ def load_config(
     """Defaults, then the TOML file at ``path``, then ``KEY=VALUE`` overrides; resolved, with
     ``model.vocab_size`` from the data when unset: what ``symbreak train`` runs."""
     return resolve_config(Config.build(path, overrides))
+
+
+def config_from_dict(tree: dict[str, Any], origin: str = "config") -> Config:
+    """:meth:`Config.from_dict` for a tree that may leave ``model.vocab_size`` unset (it then
+    comes from the data source, as for :func:`load_config`)."""
+    return resolve_config(Config.from_tree(tree, origin))
 
 
 def default_vocab_size(source: str, cache_dir: Path | None = None) -> int:

@@ -1,6 +1,7 @@
 # make setup : create .venv and install symbreak with pinned dependencies
 # make run   : set up, then train the demo run (tiny preset, bQ+bV, Shakespeare) and print results
-# make test  : set up, then run ruff, the strict docs build and the whole test suite
+# make test  : set up, then run ruff, the import contracts (lint-imports), the strict docs build
+#              and the whole test suite
 # make test-fast : the same without the tests marked slow
 # make docs  : build the documentation site (mkdocs-material) into site/
 # make report-screenshot RUN=RUN_DIR [REPORT=FILE.html]: render the newest analysis report of a
@@ -29,6 +30,7 @@ run: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: setup lint docs-check
 	$(BIN)/python -m pytest -q

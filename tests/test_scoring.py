@@ -14,15 +14,9 @@ from symbreak.config import ModelConfig, SBConfig
 from symbreak.data import EOT_ID, GPT2_VOCAB_SIZE, encode
 from symbreak.errors import DataError
 from symbreak.eval.puzzles import Item, builtin_suite
-from symbreak.eval.scoring import (
-    ItemResult,
-    bootstrap_ci,
-    paired_differences,
-    score_items,
-    summarize,
-    wilson_interval,
-)
+from symbreak.eval.scoring import ItemResult, paired_differences, score_items, summarize
 from symbreak.model import GPT
+from symbreak.stats import bootstrap_ci, wilson_interval
 
 PADDED_VOCAB = 50304
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from symbreak import stats as sstats
 from symbreak.cli import main
 from symbreak.data import load_config
 from symbreak.errors import ExperimentError
-from symbreak.experiments import stats as sstats
 from symbreak.experiments.cells import Manifest, cell_state, prepare_cell, read_manifest
 from symbreak.experiments.grid import load_grid
 

@@ -16,22 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from symbreak.errors import SymbreakError
+from symbreak import plotting
 
-MATPLOTLIB_PIN = "matplotlib==3.11.2"
 N_BAR_HEADS = 4
 N_BAR_TOKENS = 12
 
 
 def require_matplotlib() -> None:
     """Fail early, in one line, when matplotlib (the ``plot`` extra) is missing."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise SymbreakError(
-            f"analyze draws figures with matplotlib, which is not installed; "
-            f"pip install {MATPLOTLIB_PIN} (or the plot extra: pip install 'symbreak[plot]')"
-        ) from None
+    plotting.require_matplotlib("analyze draws figures")
 
 
 def _plt() -> Any:

@@ -9,7 +9,6 @@ run's ``noether.csv`` (``train.log_noether=true``; see :mod:`symbreak.train.noet
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tomllib
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 from symbreak.analysis.options import NOETHER_QUANTITIES
 from symbreak.atomic import fsync_dir
 from symbreak.errors import SymbreakError
+from symbreak.plotting import require_matplotlib
 from symbreak.train.noether_log import FILENAME
 
 SECTOR_NAMES = {"qk": "Q-K", "vo": "V-O"}
@@ -164,11 +164,7 @@ def plot_noether(
     >>> runs = plot_noether(["runs/ecd", "runs/adamw"], "charges.png")  # doctest: +SKIP
     >>> print("\\n".join(summary_lines(runs)))  # doctest: +SKIP
     """
-    if importlib.util.find_spec("matplotlib") is None:
-        raise SymbreakError(
-            "symbreak noether draws with matplotlib, which is not installed: "
-            "pip install 'symbreak[plot]'"
-        )
+    require_matplotlib("symbreak noether draws")
     out = Path(out)
     supported = {"png", "pdf", "svg"}
     if out.suffix.lstrip(".").lower() not in supported:

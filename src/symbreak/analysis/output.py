@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from symbreak.analysis import figures, report_html
 from symbreak.analysis.alignment import ENDS
 from symbreak.atomic import write_bytes_atomic, write_text_atomic
+from symbreak.jsonio import dumps_json
 
 
 def to_json(result: dict[str, Any]) -> str:
     """Deterministic JSON text (no NaN/inf: those are null already)."""
-    return json.dumps(result, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+    return dumps_json(result, ensure_ascii=False)
 
 
 def write_outputs(result: dict[str, Any], out_dir: Path) -> list[Path]:

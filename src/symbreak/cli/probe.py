@@ -8,15 +8,12 @@ written atomically. Errors are :class:`~symbreak.errors.SymbreakError` lines.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 from pathlib import Path
 from typing import Any
 
 from symbreak.analysis.options import TEXT_SOURCES
-from symbreak.errors import SymbreakError
-
-MATPLOTLIB_PIN = "matplotlib==3.11.2"
+from symbreak.jsonio import write_json_atomic
+from symbreak.plotting import require_matplotlib
 
 
 def _int_list(text: str) -> list[int]:
@@ -149,10 +146,9 @@ def register(subparsers: Any) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from symbreak.atomic import write_text_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    write_json_atomic(path, data, indent=2)
     print(f"wrote {path}")
 
 
@@ -190,11 +186,8 @@ def run_position(args: argparse.Namespace) -> int:
     from symbreak.analysis.position import format_table, plot_probes
     from symbreak.analysis.probes import position_json, probe_position
 
-    if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
-        raise SymbreakError(
-            f"probe position draws its figures with matplotlib, which is not installed: pip "
-            f"install {MATPLOTLIB_PIN} (or pass --no-plot)"
-        )
+    if not args.no_plot:
+        require_matplotlib("probe position draws its figures", "pass --no-plot")
     probes = probe_position(
         args.run_dirs,
         init=args.init,

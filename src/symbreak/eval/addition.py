@@ -32,7 +32,7 @@ from symbreak.data.addition import (
     split_problems,
 )
 from symbreak.errors import SymbreakError
-from symbreak.eval.scoring import wilson_interval
+from symbreak.stats import wilson_interval
 
 PLACES = ("units", "tens", "hundreds", "thousands")
 

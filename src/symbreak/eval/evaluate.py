@@ -19,7 +19,6 @@ happen; pass ``echo=print`` to see them.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -37,9 +36,8 @@ from symbreak.eval.puzzles import CATEGORIES, SUITE_VERSION, Item, builtin_suite
 from symbreak.eval.sample import Sample, generate
 from symbreak.eval.scoring import ScoreRun, Summary, paired_differences, score_items, summarize
 from symbreak.outputs import output_dir, output_file
+from symbreak.plotting import require_matplotlib
 from symbreak.runs import Run, load_run
-
-MATPLOTLIB_PIN = "matplotlib==3.11.2"
 
 Echo = Callable[[str], None]
 PathLike = str | Path
@@ -442,11 +440,8 @@ def compare_runs(
     if len(dirs) < 2:
         raise SymbreakError("compare needs at least two run directories")
     json_out, png = compare_outputs(Path(out) if out is not None else None, dirs, plot=plot)
-    if plot and importlib.util.find_spec("matplotlib") is None:
-        raise SymbreakError(
-            f"compare draws its chart with matplotlib, which is not installed: pip install "
-            f"{MATPLOTLIB_PIN} (or pass --no-plot)"
-        )
+    if plot:
+        require_matplotlib("compare draws its chart", "pass --no-plot")
     items = collect_items(suite, suite_seed, per_category, puzzles)
     if not items:
         raise SymbreakError("nothing to compare: --suite none without --puzzles FILE.jsonl")

@@ -8,13 +8,10 @@ inside :func:`plot_compare`, so the package works without it.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from symbreak.atomic import write_text_atomic
 from symbreak.data import decode
 from symbreak.eval.scoring import (
     METRICS,
@@ -25,6 +22,7 @@ from symbreak.eval.scoring import (
     ScoreRun,
     Summary,
 )
+from symbreak.jsonio import write_json_atomic
 
 COMPLETION_COLUMNS = ("top1", "top5", "rank", "first_ce", "answer_ce")
 COMPARISON_COLUMNS = ("preferred", "ce_prompt", "ce_compare", "ppl_ratio")
@@ -149,17 +147,6 @@ def timing_line(score: ScoreRun) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _clean(obj: Any) -> Any:
-    """JSON-safe: NaN and infinities become null (strict JSON has no NaN)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    return obj
-
-
 def item_json(r: ItemResult) -> dict[str, Any]:
     """One item with its scores; completions add the top-5 predicted next tokens."""
     out: dict[str, Any] = {"category": r.item.category, "source": r.item.source, **r.item.to_json()}
@@ -194,7 +181,7 @@ def summary_json(summary: Summary) -> dict[str, Any]:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write atomically (temporary file, then rename), creating the parent directory."""
-    write_text_atomic(path, json.dumps(_clean(data), indent=1, allow_nan=False) + "\n")
+    write_json_atomic(path, data)
 
 
 # --------------------------------------------------------------------------------------------

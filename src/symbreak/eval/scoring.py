@@ -37,8 +37,8 @@ Only the logits that are needed are computed: for a :class:`~symbreak.model.GPT`
 same two methods) only at the needed positions, instead of materialising (B, T, 50304) logits.
 Other modules (test stubs) are scored from their full logits.
 
-Statistics
-----------
+Statistics (the intervals themselves are :mod:`symbreak.stats`)
+----------------------------------------------------------------
 Per category: the mean of each metric with a 95% interval: Wilson's score interval for rates
 (``acc``, ``top1``, ``top5``, ``preferred``), a seeded percentile bootstrap (1000 resamples)
 for the others. Overall, per metric, over the categories that have it: ``macro`` (mean of the
@@ -64,10 +64,15 @@ from symbreak.data import EOT_ID, GPT2_VOCAB_SIZE, encode
 from symbreak.errors import DataError, SymbreakError
 from symbreak.eval.puzzles import Item
 from symbreak.model import GPT
-from symbreak.seeding import keyed_seed
+from symbreak.stats import (
+    BOOTSTRAP_RESAMPLES,
+    Estimate,
+    bootstrap_means,
+    bootstrap_rng,
+    percentile_interval,
+    wilson_interval,
+)
 
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
-BOOTSTRAP_RESAMPLES = 1000
 HEAD_CHUNK = 1024  # positions per output-layer matmul: bounds memory at ~200 MB of logits
 
 
@@ -372,62 +377,6 @@ def _finish(i: int, item: Item, parts: dict[tuple[int, str], _Partial]) -> ItemR
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """A mean with a 95% interval over ``n`` items."""
-
-    mean: float
-    lo: float
-    hi: float
-    n: int
-
-    def excludes_zero(self) -> bool:
-        return self.lo > 0 or self.hi < 0
-
-    def to_json(self) -> dict[str, float | int]:
-        return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n}
-
-
-def wilson_interval(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (no continuity correction).
-
-    Unlike the normal approximation it stays inside [0, 1] and is sensible at 0% and 100%.
-    ``n`` may be an effective sample size (not a whole number), see :func:`summarize`.
-    """
-    if n <= 0:
-        return (math.nan, math.nan)
-    p = successes / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    lo = 0.0 if successes <= 0 else max(0.0, center - half)  # exact ends, not 1e-17 off
-    hi = 1.0 if successes >= n else min(1.0, center + half)
-    return (lo, hi)
-
-
-def _rng(*key: object) -> np.random.Generator:
-    return np.random.default_rng(keyed_seed("symbreak-bootstrap", *key))
-
-
-def bootstrap_means(values: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Means of ``resamples`` resamples with replacement of ``values`` (shape (resamples,))."""
-    idx = rng.integers(0, len(values), size=(resamples, len(values)))
-    return values[idx].mean(axis=1)
-
-
-def _percentile(draws: np.ndarray) -> tuple[float, float]:
-    lo, hi = np.quantile(draws, [0.025, 0.975])
-    return float(lo), float(hi)
-
-
-def bootstrap_ci(
-    values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
-) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean of ``values``, seeded."""
-    x = np.asarray(values, dtype=np.float64)
-    return _percentile(bootstrap_means(x, resamples, _rng(seed, "ci")))
-
-
 @dataclass
 class CategorySummary:
     name: str
@@ -460,7 +409,7 @@ def _estimate(x: np.ndarray, metric: Metric, rng: np.random.Generator, resamples
     if metric.rate:
         lo, hi = wilson_interval(float(x.sum()), len(x))
     else:
-        lo, hi = _percentile(bootstrap_means(x, resamples, rng))
+        lo, hi = percentile_interval(bootstrap_means(x, resamples, rng))
     return Estimate(mean, lo, hi, len(x))
 
 
@@ -484,8 +433,8 @@ def _overall(
         micro_ci = wilson_interval(float(np.concatenate(groups).sum()), n)
     else:
         draws = np.stack([bootstrap_means(x, resamples, rng) for x in groups])  # (C, R)
-        macro_ci = _percentile(draws.mean(axis=0))
-        micro_ci = _percentile((draws * sizes[:, None]).sum(axis=0) / n)
+        macro_ci = percentile_interval(draws.mean(axis=0))
+        micro_ci = percentile_interval((draws * sizes[:, None]).sum(axis=0) / n)
     return {
         "macro": Estimate(macro, *macro_ci, n),
         "micro": Estimate(micro, *micro_ci, n),
@@ -500,7 +449,7 @@ def summarize(
     categories: dict[str, CategorySummary] = {}
     for name, rs in groups.items():
         metrics = {
-            m: _estimate(_values(rs, m), METRICS[m], _rng(seed, name, m), resamples)
+            m: _estimate(_values(rs, m), METRICS[m], bootstrap_rng(seed, name, m), resamples)
             for m in rs[0].metrics
         }
         categories[name] = CategorySummary(name, rs[0].item.kind, len(rs), metrics)
@@ -508,7 +457,7 @@ def summarize(
     for m, spec in METRICS.items():
         having = [_values(rs, m) for rs in groups.values() if m in rs[0].metrics]
         if having:
-            overall[m] = _overall(having, spec.rate, _rng(seed, "overall", m), resamples)
+            overall[m] = _overall(having, spec.rate, bootstrap_rng(seed, "overall", m), resamples)
     return Summary(categories, overall)
 
 
@@ -544,7 +493,9 @@ def paired_differences(
         name: {
             m: Estimate(
                 float(x.mean()),
-                *_percentile(bootstrap_means(x, resamples, _rng(seed, "diff", name, m))),
+                *percentile_interval(
+                    bootstrap_means(x, resamples, bootstrap_rng(seed, "diff", name, m))
+                ),
                 len(x),
             )
             for m in rs[0].metrics
@@ -556,5 +507,5 @@ def paired_differences(
     for m in METRICS:
         having = [_values(rs, m) for rs in groups.values() if m in rs[0].metrics]
         if having:
-            overall[m] = _overall(having, False, _rng(seed, "diff-overall", m), resamples)
+            overall[m] = _overall(having, False, bootstrap_rng(seed, "diff-overall", m), resamples)
     return Differences(categories, overall)

@@ -9,7 +9,7 @@
 Modules: :mod:`.training` (one run, as ``symbreak train``: the trainer plus its task metrics),
 :mod:`.grid` (grid file -> cells), :mod:`.cells` (cell states, manifest, identity checks),
 :mod:`.sweep` (run a grid), :mod:`.local` (a process pool on this machine), :mod:`.cluster`
-(submitit), :mod:`.collect` (runs -> per-run figures), :mod:`.stats` (scipy.stats),
+(submitit), :mod:`.collect` (runs -> per-run figures; the statistics are :mod:`symbreak.stats`),
 :mod:`.report` (tables, JSON, PNGs), :mod:`.addition_report` (the addition task). The names
 above are imported on first use: the command line imports this package without torch.
 """

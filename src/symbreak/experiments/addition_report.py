@@ -38,6 +38,7 @@ from typing import Any
 from symbreak.errors import ExperimentError
 from symbreak.experiments.collect import Collection, Record, collect
 from symbreak.experiments.report import write_report
+from symbreak.plotting import pyplot
 
 PROBE_SEQUENCES = 32
 PROBE_FIT, PROBE_SCORE = 64, 32
@@ -226,12 +227,8 @@ def markdown(data: dict[str, Any], figures: list[str]) -> str:
 
 
 def plot(data: dict[str, Any], out: Path) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     runs = data["runs"]
     panels = list(dict.fromkeys((r["mask"], r["residual"]) for r in runs))

@@ -10,17 +10,18 @@ training, with its 95% CI band).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from symbreak import stats
 from symbreak.atomic import write_text_atomic
 from symbreak.errors import ExperimentError
-from symbreak.experiments import stats
 from symbreak.experiments.collect import Collection, Record, attach_eval, collect
+from symbreak.jsonio import write_json_atomic
+from symbreak.plotting import pyplot
 
 EVAL_METRICS = ("macro_acc", "answer_ce")
 
@@ -281,12 +282,8 @@ def _p(p: float) -> str:
 
 
 def plot(data: dict[str, Any], col: Collection, out: Path) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     cells = _cells(col.records)
     panels = list(dict.fromkeys(p for p, _ in cells))
@@ -432,17 +429,6 @@ def write_report(
 ) -> None:
     """report.md and report.json (atomically) into ``out``, and the text on the terminal."""
     write_text_atomic(out / "report.md", text)
-    write_text_atomic(out / "report.json", json.dumps(json_safe(data), indent=1) + "\n")
+    write_json_atomic(out / "report.json", data)
     echo(text.rstrip())
     echo(f"\nwrote {out / 'report.md'}, report.json" + "".join(f", {f}" for f in figures))
-
-
-def json_safe(x: Any) -> Any:
-    """NaN/inf -> null, so the JSON is standard."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [json_safe(v) for v in x]
-    return x

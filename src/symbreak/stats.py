@@ -1,4 +1,10 @@
-"""The statistics of ``symbreak report``, all from scipy.stats.
+"""Statistics, in one place: intervals for rates and means, the bootstrap, paired tests.
+
+Rates (``eval``'s accuracies, ``exact_match``): Wilson's score interval, which stays inside
+[0, 1] and is sensible at 0% and 100%. Means of per-item scores: a seeded percentile bootstrap
+(1000 resamples), keyed so the same scores always give the same interval.
+
+Over seeds (``symbreak report``), all from scipy.stats:
 
 * A cell's figure over seeds: mean, sample standard deviation (ddof 1) and the 95% confidence
   interval of the mean from Student's t with n - 1 degrees of freedom
@@ -18,10 +24,82 @@ import contextlib
 import math
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from symbreak.seeding import keyed_seed
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+BOOTSTRAP_RESAMPLES = 1000
+
+
+# --------------------------------------------------------------------------------------------
+# Intervals for rates and means of items
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with a 95% interval over ``n`` items."""
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+    def excludes_zero(self) -> bool:
+        return self.lo > 0 or self.hi < 0
+
+    def to_json(self) -> dict[str, float | int]:
+        return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n}
+
+
+def wilson_interval(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (no continuity correction).
+
+    Unlike the normal approximation it stays inside [0, 1] and is sensible at 0% and 100%.
+    ``n`` may be an effective sample size (not a whole number), see :func:`summarize`.
+    """
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    lo = 0.0 if successes <= 0 else max(0.0, center - half)  # exact ends, not 1e-17 off
+    hi = 1.0 if successes >= n else min(1.0, center + half)
+    return (lo, hi)
+
+
+def bootstrap_rng(*key: object) -> np.random.Generator:
+    return np.random.default_rng(keyed_seed("symbreak-bootstrap", *key))
+
+
+def bootstrap_means(values: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of ``resamples`` resamples with replacement of ``values`` (shape (resamples,))."""
+    idx = rng.integers(0, len(values), size=(resamples, len(values)))
+    return values[idx].mean(axis=1)
+
+
+def percentile_interval(draws: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(
+    values: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of ``values``, seeded."""
+    x = np.asarray(values, dtype=np.float64)
+    return percentile_interval(bootstrap_means(x, resamples, bootstrap_rng(seed, "ci")))
+
+
+# --------------------------------------------------------------------------------------------
+# Over seeds: t intervals and paired tests
+# --------------------------------------------------------------------------------------------
 
 CONFIDENCE = 0.95
 MIN_PAIRS = 3

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (issue #14), one run of at most ~8 minutes on a lent GPU machine:
+# The GPU check, one run of at most ~8 minutes on a lent GPU machine:
 #   1. the CUDA tests (tests/test_cuda.py: fp32 vs CPU, bf16 autocast, the flash kernel, AdamW
 #      and ECD steps, a bf16 training run with resume; DDP over NCCL when there are 2 GPUs);
 #   2. `symbreak bench train model.preset=124m` in bf16: the defaults, the compiled loss kernel

@@ -1,4 +1,4 @@
-"""Issue #14's CPU speed targets, measured with the defaults a user gets, repeated.
+"""The CPU speed targets (docs/performance.md), measured with the defaults a user gets, repeated.
 
     .venv/bin/python benchmarks/speed_targets.py [--repeats 3] [--steps 10] [--out FILE.json]
 

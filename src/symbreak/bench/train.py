@@ -54,8 +54,8 @@ for this config's whole run, so ``auto`` benchmarks what ``symbreak train`` woul
 ``matmul_size``: n of the n x n peak matmul. ``matmul_peak_flops_per_s``: its median rate.
 ``matmul_peak_fp32_flops_per_s``: the same in fp32 (measured beside the bf16 one in a bf16 run).
 ``tok_per_s_per_fp32_gflops``: tok_per_s per fp32 GFLOP/s of that peak, the machine-neutral
-speed the paper's code is compared on; ``x_paper_code``: that over the paper's code's 10.9
-(measured: docs/performance.md), only for the paper-code configuration (L4 H4 C128, context 128, batch 8, GPT-2
+speed the paper's code is compared on; ``x_paper_code``: that over the paper's code's
+10.9 (measured: docs/performance.md), only for the paper-code configuration (L4 H4 C128, context 128, batch 8, GPT-2
 vocabulary, AdamW), else null.
 For the symmetry-broken model, at the top level: ``tok_per_s`` (tokens_per_step / median
 step), ``step_ms`` (median), ``step_ms_min``, ``step_ms_max``, ``step_ms_mean``,
@@ -114,7 +114,8 @@ LOADER_MIN_CALLS = 20
 MATMUL_REPS = 6  # half before the training rounds, half after
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 # The paper's code on the paper-code configuration (below): ~1,950 tok/s in fp32 on a machine
-# doing 180 GFLOP/s of fp32 matmul (measured on the 2-core CPU, docs/performance.md), i.e. tokens/s per fp32 GFLOP/s.
+# doing 180 GFLOP/s of fp32 matmul (measured on the 2-core CPU, docs/performance.md), i.e.
+# tokens/s per fp32 GFLOP/s.
 PAPER_CODE_TOK_PER_S_PER_FP32_GFLOPS = 10.9
 
 

@@ -55,8 +55,8 @@ for this config's whole run, so ``auto`` benchmarks what ``symbreak train`` woul
 ``matmul_peak_fp32_flops_per_s``: the same in fp32 (measured beside the bf16 one in a bf16 run).
 ``tok_per_s_per_fp32_gflops``: tok_per_s per fp32 GFLOP/s of that peak, the machine-neutral
 speed the paper's code is compared on; ``x_paper_code``: that over the paper's code's
-10.9 (measured: docs/performance.md), only for the paper-code configuration (L4 H4 C128, context 128, batch 8, GPT-2
-vocabulary, AdamW), else null.
+10.9 (measured: docs/performance.md), only for the paper-code configuration (L4 H4 C128,
+context 128, batch 8, GPT-2 vocabulary, AdamW), else null.
 For the symmetry-broken model, at the top level: ``tok_per_s`` (tokens_per_step / median
 step), ``step_ms`` (median), ``step_ms_min``, ``step_ms_max``, ``step_ms_mean``,
 ``achieved_flops_per_s`` (model_flops_per_token * tok_per_s), ``mfu``

@@ -87,7 +87,7 @@ class TrainStep:
         stats = torch.stack(
             (
                 loss_sum / len(micro_batches),
-                torch.tensor(float(stop_requested), device=self.device),
+                torch.tensor(float(stop_requested), device=self.device, dtype=loss_sum.dtype),
             )
         )
         self.env.all_reduce(stats)
@@ -102,8 +102,9 @@ class TrainStep:
         return StepResult(loss, stop_votes > 0, updated)
 
     def _accumulate(self, micro_batches: Sequence[Batch]) -> torch.Tensor:
-        """Forward and backward of every micro-batch; the sum of their (detached) losses."""
-        loss_sum = torch.zeros((), device=self.device)
+        """Forward and backward of every micro-batch; the sum of their (detached) losses, in
+        the loss's own dtype (float32 under bf16 autocast; float64 for a float64 model)."""
+        loss_sum: torch.Tensor | None = None
         n = len(micro_batches)
         for i, (x, y) in enumerate(micro_batches):
             x = x.to(self.device, non_blocking=True)
@@ -120,5 +121,6 @@ class TrainStep:
                 with self.autocast():
                     _, loss = self.forward(x, y)
                 (loss / n).backward()
-            loss_sum += loss.detach()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        assert loss_sum is not None, "a step needs at least one micro-batch"
         return loss_sum

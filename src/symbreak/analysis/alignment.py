@@ -146,8 +146,8 @@ def analyze_scope(
                         "class": names[c],
                         "end": end,
                         "log2_enrichment": _f(stats[end]["log2"][h, c]),
-                        "p_value": _f(stats[end]["p"][h, c]),
-                        "p_exact": _f(stats[end]["p_exact"][h, c]),
+                        "p_value": _f(stats[end]["p_exact"][h, c]),
+                        "p_permutation": _f(stats[end]["p"][h, c]),
                         "q_value": None,
                         "n_in_end": int(stats[end]["obs"][h, c]),
                         "n_in_population": int(n_class[c]),
@@ -188,8 +188,10 @@ def _tokens(
 
 
 def _fill_qvalues(entries: list[dict[str, Any]], alpha: float) -> None:
-    """BH over every (head, class, end) of the given entries (one scope of one model), then
-    each entry's ``strongest`` significant class per end."""
+    """BH over every (head, class, end) of the given entries (one scope of one model), on the
+    exact p-values (``p_value``: the hypergeometric tail, not the Monte Carlo ``p_permutation``,
+    whose floor 1/(P+1) would cap every q near m/(P+1)), then each entry's ``strongest``
+    significant class per end."""
     rows = [e for entry in entries for e in entry["enrichment"]]
     if rows:
         q = enr.bh_qvalues(torch.tensor([r["p_value"] for r in rows], dtype=torch.float64))

@@ -7,15 +7,19 @@ class c with n_c members among them, the *amplified* end is the K highest scores
     log2_enrichment = log2( (a_c / K) / (n_c / N) )       (null when a_c = 0: -infinity)
 
 p-value: one-sided, "c is over-represented in this end". Shuffling the scores across tokens
-makes each end a uniformly random K-subset of the population, whatever the head, so one set of
-seeded permutations serves every head of a scope:
+makes each end a uniformly random K-subset of the population, whatever the head, so the number
+of class members in it is exactly hypergeometric: the exact permutation p-value is the tail
 
-    p = (1 + #{permutations with a_c* >= a_c}) / (1 + P)
+    p = P(X >= a_c),  X ~ Hypergeom(N, n_c, K)        (Fisher's exact test; ``p_value``)
 
-(the smallest p that P permutations can give is 1 / (1 + P)). Its P -> infinity limit is the
-hypergeometric tail ``P(X >= a_c), X ~ Hypergeom(N, n_c, K)`` (Fisher's exact test, i.e. the
-exact permutation test), reported as ``p_exact``. q-values: Benjamini-Hochberg over every
-(head, class, end) of a scope.
+with no simulation and no floor. The q-values (Benjamini-Hochberg over every (head, class, end)
+of a scope) use it. Seeded Monte Carlo permutations estimate the same p as a cross-check
+(``p_permutation``; one set serves every head of a scope):
+
+    p_mc = (1 + #{permutations with a_c* >= a_c}) / (1 + P)
+
+Its floor 1/(P+1) is why it is not used for q: with about a hundred tests per scope, BH would
+lift even a perfect signal's q to about 100/(P+1).
 """
 
 from __future__ import annotations

@@ -226,7 +226,21 @@ def parse_grid(tree: dict[str, Any], path: Path | None, overrides: list[str]) ->
         except ConfigError as e:
             raise ExperimentError(f"{where}: {e}") from None
         out_dir = base_keys.get("train.out_dir", probe.train.out_dir)
-    axis_keys = {k for a in axes for s in a.settings.values() for k in s}
+    if not axes and not base_keys and base_file is None:
+        raise ExperimentError(
+            f"{where}: no axes, no [config] and no base: it would train one run of the default "
+            "config; add [axes] (and a [config] table) as docs/sweeps.md shows"
+        )
+    owners: dict[str, str] = {}
+    for a in axes:
+        for k in sorted({k for s in a.settings.values() for k in s}):
+            if k in owners:
+                raise ExperimentError(
+                    f"{where}: {k} is set by two axes ({owners[k]} and {a.name}); the later "
+                    "would silently win: set each key in one axis"
+                )
+            owners[k] = a.name
+    axis_keys = set(owners)
     for item in overrides:
         key, raw = parse_override(item)
         if key == "train.name":  # the sweep names its cells

@@ -1,7 +1,8 @@
 """Where a command's output files go: one rule for every ``--out``-style option.
 
-A FILE option given an existing directory writes inside it under the command's default name
-(``eval --out DIR`` -> ``DIR/<checkpoint>.json``); a path whose parent cannot be a directory
+A FILE option given an existing directory, or a path ending in a separator (``DIR/``, made if
+missing), writes inside it under the command's default name (``eval --out DIR`` ->
+``DIR/<checkpoint>.json``); a path whose parent cannot be a directory
 (a file is in the way) is refused before any work is done, naming the option.
 """
 
@@ -14,8 +15,9 @@ from symbreak.errors import SymbreakError
 
 def output_file(path: str | Path, default_name: str, option: str) -> Path:
     """The file that ``option``'s value ``path`` stands for (see the module docstring)."""
+    as_dir = str(path).endswith(("/", "\\"))  # "DIR/": a directory, even one not made yet
     path = Path(path).expanduser()
-    if path.is_dir():
+    if path.is_dir() or as_dir:
         path = path / default_name
         if path.is_dir():
             raise SymbreakError(f"{option}: {path} is a directory; give a file name")

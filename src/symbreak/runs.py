@@ -83,6 +83,11 @@ class Run:
 def load_run_config(run_dir: Path) -> Config:
     """The resolved config of a run, from ``<run_dir>/config.toml``."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(
+            f"{run_dir} is a file, not a run directory; pass the directory that training wrote "
+            "(train.out_dir/train.name)"
+        )
     if not run_dir.is_dir():
         raise CheckpointError(
             f"run directory {run_dir} does not exist; pass the directory that training wrote "

@@ -113,10 +113,8 @@ class RunSummary:
             f"trained      {self.steps} steps, {self.tokens:,} tokens"
             + (f" (resumed at step {self.resumed_from})" if self.resumed_from else "")
             + (f"; {self.tok_per_s:,.0f} tokens/s" if math.isfinite(self.tok_per_s) else ""),
-            f"train loss   {self.final_train_loss:.4f} (mean of the last log interval)",
-            f"val loss     {self.initial_val_loss:.4f} at start -> {self.final_val_loss:.4f} "
-            f"at step {self.steps if self.val_step is None else self.val_step} "
-            f"(best {self.best_val_loss:.4f})",
+            self._train_loss_line(),
+            self._val_loss_line(),
         ]
         if self.stopped_by:
             out.append(
@@ -124,6 +122,20 @@ class RunSummary:
                 "Run the same command again to resume."
             )
         return out
+
+    def _train_loss_line(self) -> str:
+        if not math.isfinite(self.final_train_loss):
+            return "train loss   none logged yet (the first log row comes at train.log_every)"
+        return f"train loss   {self.final_train_loss:.4f} (mean of the last log interval)"
+
+    def _val_loss_line(self) -> str:
+        val_step = self.steps if self.val_step is None else self.val_step
+        if val_step == 0:  # stopped before any evaluation after the start
+            return f"val loss     {self.initial_val_loss:.4f} at start (not evaluated since)"
+        return (
+            f"val loss     {self.initial_val_loss:.4f} at start -> {self.final_val_loss:.4f} "
+            f"at step {val_step} (best {self.best_val_loss:.4f})"
+        )
 
 
 def train(cfg: Config, task_metrics: Mapping[str, TaskMetric] | None = None) -> RunSummary:

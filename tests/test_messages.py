@@ -48,7 +48,7 @@ def test_a_run_stopped_before_its_first_evaluation_does_not_claim_one():
 def test_a_finished_run_reports_its_curve():
     lines = "\n".join(
         _summary(steps=30, final_val_loss=2.5, best_val_loss=2.4, final_train_loss=2.6,
-                 val_step=30).lines()  # fmt: skip
+                 val_step=30).lines()
     )
     assert "10.8555 at start -> 2.5000 at step 30 (best 2.4000)" in lines
     assert "train loss   2.6000" in lines

@@ -9,9 +9,10 @@ run's ``noether.csv`` (``train.log_noether=true``; see :mod:`symbreak.train.noet
 
 from __future__ import annotations
 
+import collections
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +35,15 @@ class RunCharges:
     label: str
     steps: np.ndarray
     values: np.ndarray  # (n_steps, n_layer, n_head, 2)
+    notes: list[str] = field(default_factory=list)  # what was left out, and why
+    path: Path = Path()
 
 
 def load_run(run_dir: Path, quantity: str = "charge") -> RunCharges:
-    """Read ``RUN/noether.csv``; a one-line :class:`SymbreakError` if it is missing or empty."""
+    """Read ``RUN/noether.csv``; a one-line :class:`SymbreakError` if it is missing or empty.
+
+    A run killed while logging may leave its last step cut short (a partial last line, or
+    fewer rows than the steps before): that step is left out, and ``notes`` says so."""
     path = Path(run_dir) / FILENAME
     if not Path(run_dir).is_dir():
         raise SymbreakError(f"{run_dir} is not a run directory")
@@ -45,8 +51,20 @@ def load_run(run_dir: Path, quantity: str = "charge") -> RunCharges:
         raise SymbreakError(f"{run_dir} has no {FILENAME}: train it with train.log_noether=true")
     import csv
 
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("relative") not in (None, "")]
+    text = path.read_text(encoding="utf-8", errors="replace")
+    all_rows = list(csv.DictReader(text.splitlines(keepends=True)))
+    if text and not text.endswith("\n") and all_rows:
+        all_rows.pop()  # a line cut mid-write
+    notes = []
+    per_step = collections.Counter(r.get("step") for r in all_rows)
+    if len(per_step) > 1:
+        last = all_rows[-1].get("step")
+        if per_step[last] < max(per_step.values()):
+            all_rows = [r for r in all_rows if r.get("step") != last]
+            notes.append(
+                f"{path}: step {last} is incomplete (the run stopped while logging it); left out"
+            )
+    rows = [r for r in all_rows if r.get("relative") not in (None, "")]
     if not rows:
         raise SymbreakError(f"{path} has no rows yet (charges are written at log steps)")
     try:
@@ -62,7 +80,17 @@ def load_run(run_dir: Path, quantity: str = "charge") -> RunCharges:
             ] = float(r[quantity])
     except (KeyError, ValueError) as e:
         raise SymbreakError(f"{path} is not a noether.csv written by symbreak ({e})") from None
-    return RunCharges(Path(run_dir).name, _label(Path(run_dir)), np.array(steps), values)
+    run_dir = Path(run_dir)
+    return RunCharges(run_dir.name, _label(run_dir), np.array(steps), values, notes, run_dir)
+
+
+def _unique_labels(runs: list[RunCharges]) -> None:
+    """Runs of the same name (``a/seed0``, ``b/seed0``) get their parent directory in front, so
+    no two legend entries read alike."""
+    counts = collections.Counter(r.label for r in runs)
+    for r in runs:
+        if counts[r.label] > 1:
+            r.label = f"{r.path.resolve().parent.name}/{r.label}"
 
 
 def _label(run_dir: Path) -> str:
@@ -141,7 +169,7 @@ class _quiet_nan_warnings:
 
 def summary_lines(runs: list[RunCharges]) -> list[str]:
     """Last logged step per run: median and max over layers and heads, per sector."""
-    out = []
+    out = [note for r in runs for note in r.notes]
     for r in runs:
         last = r.values[-1]
         parts = [
@@ -171,6 +199,13 @@ def plot_noether(
         raise SymbreakError(f"--out {out}: the file must end in .png, .pdf or .svg")
     if quantity not in QUANTITIES:
         raise SymbreakError(f"--quantity {quantity!r} is not one of {', '.join(QUANTITIES)}")
+    seen: dict[Path, str] = {}
+    for d in run_dirs:
+        key = Path(d).resolve()
+        if key in seen:
+            raise SymbreakError(f"{d} is given twice (as {seen[key]} too); name each run once")
+        seen[key] = str(d)
     runs = [load_run(d, quantity) for d in run_dirs]
+    _unique_labels(runs)
     plot(runs, out, quantity)
     return runs

@@ -102,6 +102,11 @@ def test_export_generate_and_tokenizer(tmp_path: Path) -> None:
 
     run_dir, gpt = make_run(tmp_path, "r", {}, {"q": True, "v": True})
     assert main(["export", str(run_dir), "--out", str(tmp_path / "hf")]) == 0
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "hf").iterdir()}
+    assert modes["model.safetensors"] == plain.stat().st_mode & 0o777, modes  # not private
+    assert len(set(modes.values())) == 1, modes
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
     text = "To be, or not to be: that is the question.\n  Whether 'tis nobler"
     assert tok(text)["input_ids"] == encode(text)

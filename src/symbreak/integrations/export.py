@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from symbreak.atomic import write_text_atomic
+from symbreak.atomic import apply_umask, write_text_atomic
 from symbreak.errors import SymbreakError
 
 if TYPE_CHECKING:
@@ -151,6 +151,10 @@ def export_hf(
             "vocab": f"first {GPT2_VOCAB_SIZE} of {m.vocab_size} rows (the rest are padding)",
         }
         write_text_atomic(tmp / "symbreak_export.json", json.dumps(provenance, indent=1) + "\n")
+        # save_pretrained writes model.safetensors private (0600) like any temporary file;
+        # the export is for sharing, so every file gets the mode a plain write would have
+        for path in (tmp, *tmp.rglob("*")):
+            apply_umask(path)
         if out.exists():
             out.rmdir()  # empty (checked above)
         tmp.rename(out)

@@ -203,6 +203,11 @@ def probe_position(
             )
         if T < 4:
             raise SymbreakError("--length must be at least 4 (near and distant pairs)")
+        if near >= T / 2:
+            raise SymbreakError(
+                f"--near {near} leaves no near pair apart from the distant ones (|i-j| >= T/2 = "
+                f"{T / 2:g}, T={T}); use --near below {T / 2:g}"
+            )
         tokens = held_out_tokens(src.cfg, fit_sequences + score_sequences, T, text, seed)
         probe = probe_positions(
             src.label,

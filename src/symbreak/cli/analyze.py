@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from symbreak.analysis.options import DEFAULT_TOKENS, Options
+from symbreak.cli.argtypes import float_range, seed
 
 
 def _positive(text: str) -> int:
@@ -106,8 +107,13 @@ def register(subparsers: Any) -> None:
         help="in-context forward: fp32 (default, exact) or bf16 autocast (about half the CPU "
         "time on CPUs with native bf16; the keys are then those bf16 attention used)",
     )
-    p.add_argument("--alpha", type=float, default=d.alpha, help="q-value threshold (0.05)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of permutations and nulls")
+    p.add_argument(
+        "--alpha",
+        type=float_range(0.0, 1.0, low_open=True, high_open=True),
+        default=d.alpha,
+        help="q-value threshold (0.05)",
+    )
+    p.add_argument("--seed", type=seed, default=d.seed, help="seed of permutations and nulls")
     p.add_argument(
         "--device", default="auto", help="auto (default: CUDA if available), cpu, cuda, cuda:N"
     )

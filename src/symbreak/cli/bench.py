@@ -134,17 +134,22 @@ def add_positional(targets: Subparsers) -> None:
     )
     p.add_argument(
         "--steps",
-        type=int,
+        type=int_range(1),
         default=POSITIONAL_STEPS,
         help=f"timed rounds (default {POSITIONAL_STEPS})",
     )
     p.add_argument(
         "--warmup",
-        type=int,
+        type=int_range(0),
         default=POSITIONAL_WARMUP,
         help=f"untimed rounds (default {POSITIONAL_WARMUP})",
     )
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--threads",
+        type=int_range(0, MAX_THREADS),
+        default=0,
+        help="torch threads (default: torch's)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(func=_cmd_positional)

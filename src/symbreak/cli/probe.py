@@ -12,25 +12,27 @@ from pathlib import Path
 from typing import Any
 
 from symbreak.analysis.options import TEXT_SOURCES
+from symbreak.cli.argtypes import float_range, int_range, seed
 from symbreak.jsonio import write_json_atomic
 from symbreak.plotting import require_matplotlib
 
 
 def _int_list(text: str) -> list[int]:
+    parts = text.split(",")
+    if any(not v.strip() for v in parts):
+        raise argparse.ArgumentTypeError(f"'{text}' has an empty item; write e.g. 4,8,16")
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"'{text}' is not a comma-separated list of whole numbers"
         ) from None
-    if not values or min(values) < 1:
+    if min(values) < 1:
         raise argparse.ArgumentTypeError(f"'{text}' must list positive whole numbers")
     return values
 
 
-def _positive(text: str) -> int:
-    (value,) = _int_list(text)
-    return value
+_positive = int_range(1)
 
 
 def _common(p: argparse.ArgumentParser, runs: str) -> None:
@@ -51,7 +53,7 @@ def _common(p: argparse.ArgumentParser, runs: str) -> None:
         help="held-out text: the validation split of the config's data.source (default) or "
         "uniformly random token ids",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of permutations, shuffles, text")
+    p.add_argument("--seed", type=seed, default=0, help="seed of permutations, shuffles, text")
     p.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="write JSON here")
 
 
@@ -98,7 +100,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     p.add_argument(
         "--tolerance",
-        type=float,
+        type=float_range(0.0),
         default=1e-10,
         help="relative change below which the output counts as invariant",
     )
@@ -131,7 +133,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--score-sequences", type=_positive, default=32, metavar="S")
     p.add_argument(
         "--alpha",
-        type=float,
+        type=float_range(0.0, low_open=True),
         default=1e-3,
         help="ridge strength relative to the number of rows (default 1e-3)",
     )

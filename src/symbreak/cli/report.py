@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from symbreak.cli.argtypes import float_range
 from symbreak.errors import ExperimentError
 
 
@@ -51,7 +52,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=float_range(0.0, 1.0),
         default=0.9,
         help="--task addition: the exact match whose first step is reported (default 0.9)",
     )

@@ -69,6 +69,12 @@ class _Stop(Exception):
     pass
 
 
+# A child that exits with these codes before its cell is done was stopped by a signal (the
+# trainer checkpoints and exits 0 on SIGINT/SIGTERM; 130/143 or -N when a signal killed it):
+# an interruption, never a failure.
+INTERRUPTED_CODES = (0, 130, 143, -signal.SIGINT, -signal.SIGTERM)
+
+
 def run_local(
     grid: Grid,
     cells: list[Cell],
@@ -77,7 +83,10 @@ def run_local(
     manifest: Manifest,
     echo: Callable[[str], None] = print,
 ) -> list[str]:
-    """Train ``cells`` with at most ``jobs`` children at once; return the names that failed."""
+    """Train ``cells`` with at most ``jobs`` children at once; return the names that failed.
+
+    Ctrl-C (or SIGTERM) reaches the children too: each checkpoints and stops, and the sweep
+    ends with :class:`KeyboardInterrupt`, never reporting them as failed."""
     procs = grid.procs_per_cell
     threads = default_threads(jobs, procs)
     # a train.threads set in the grid (or on the command line) wins over the even split
@@ -88,6 +97,7 @@ def run_local(
     queue = list(cells)
     running: dict[str, tuple[subprocess.Popen, Cell, object]] = {}
     failed: list[str] = []
+    interrupted: list[str] = []
     finished = 0
     tty = sys.stderr.isatty()
     overall = tqdm(total=len(cells), desc=f"sweep {grid.name}", unit="cell", disable=not tty)
@@ -145,9 +155,13 @@ def run_local(
                     bars.pop(name).close()
                 finished += 1
                 overall.update(1)
-                if rc == 0 and cell_state(cell).state == "done":
+                state = cell_state(cell)
+                if rc == 0 and state.state == "done":
                     manifest.note(name, error=None)
                     msg = f"done   {name}"
+                elif rc in INTERRUPTED_CODES:
+                    interrupted.append(name)
+                    msg = f"stopped {name} at step {state.step} of {state.total} (interrupted)"
                 else:
                     failed.append(name)
                     err = last_error(log_path(grid.sweep_dir, name))
@@ -158,6 +172,8 @@ def run_local(
                     overall.write(msg)
                 else:
                     echo(f"{msg}  [{finished}/{len(cells)}]")
+                if interrupted:  # the signal that stopped it is the sweep's too
+                    raise _Stop("SIGINT")
             if not tty and running and time.monotonic() - last_plain > PLAIN_EVERY_S:
                 last_plain = time.monotonic()
                 status = ", ".join(

@@ -212,7 +212,7 @@ def test_macro_and_micro_averages():
 
 
 def test_paired_differences():
-    base = [completion("a", t) for t in (0, 0, 1, 0)] + [completion("b", 1, ce=2.0)] * 3
+    base = [completion("a", t) for t in (0, 0, 1, 0) * 2] + [completion("b", 1, ce=2.0)] * 3
     better = [ItemResult(r.item, {**r.metrics, "top1": 1.0, "acc": 1.0}) for r in base]
     same = paired_differences(base, base)
     assert same.categories["a"]["top1"].mean == 0.0
@@ -221,6 +221,25 @@ def test_paired_differences():
     assert d.categories["a"]["top1"].mean == 0.75
     assert d.categories["a"]["top1"].excludes_zero()
     assert d.categories["b"]["top1"].mean == 0.0
-    assert d.overall["top1"]["micro"].mean == pytest.approx(3 / 7)
+    assert not d.categories["b"]["top1"].has_interval  # three items: too few for one
+    assert d.overall["top1"]["micro"].mean == pytest.approx(6 / 11)
     with pytest.raises(ValueError, match="same items"):
         paired_differences(base, base[::-1])
+
+
+def test_too_few_items_give_no_bootstrap_interval_and_no_star():
+    """One or three items: resampling gives a point, which is no interval; the report says
+    "too few items" and never marks the difference."""
+    from symbreak.eval.report import format_difference, format_estimate
+    from symbreak.eval.scoring import METRICS
+    from symbreak.stats import MIN_INTERVAL_ITEMS, Estimate, bootstrap_interval
+
+    draws = np.full(1000, 5892.0)
+    assert all(math.isnan(v) for v in bootstrap_interval(draws, 1))
+    assert all(math.isnan(v) for v in bootstrap_interval(draws, MIN_INTERVAL_ITEMS - 1))
+    assert bootstrap_interval(draws, MIN_INTERVAL_ITEMS) == (5892.0, 5892.0)
+    point = Estimate(3.0, math.nan, math.nan, 3)
+    assert not point.has_interval and not point.excludes_zero()
+    assert format_estimate(point, METRICS["rank"]).endswith("(too few items)")
+    assert format_difference(point, METRICS["rank"]).endswith("(too few items)")
+    assert "*" not in format_difference(point, METRICS["rank"])

@@ -34,6 +34,7 @@ from symbreak.seeding import keyed_seed
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 BOOTSTRAP_RESAMPLES = 1000
+MIN_INTERVAL_ITEMS = 5  # fewer items: no bootstrap interval, "too few items"
 
 
 # --------------------------------------------------------------------------------------------
@@ -50,8 +51,13 @@ class Estimate:
     hi: float
     n: int
 
+    @property
+    def has_interval(self) -> bool:
+        """False when there were too few items for one (``lo``/``hi`` are NaN)."""
+        return not (math.isnan(self.lo) or math.isnan(self.hi))
+
     def excludes_zero(self) -> bool:
-        return self.lo > 0 or self.hi < 0
+        return self.has_interval and (self.lo > 0 or self.hi < 0)
 
     def to_json(self) -> dict[str, float | int]:
         return {"mean": self.mean, "lo": self.lo, "hi": self.hi, "n": self.n}
@@ -87,6 +93,15 @@ def bootstrap_means(values: np.ndarray, resamples: int, rng: np.random.Generator
 def percentile_interval(draws: np.ndarray) -> tuple[float, float]:
     lo, hi = np.quantile(draws, [0.025, 0.975])
     return float(lo), float(hi)
+
+
+def bootstrap_interval(draws: np.ndarray, n: int) -> tuple[float, float]:
+    """:func:`percentile_interval` of bootstrap ``draws`` of a mean over ``n`` items, or (nan,
+    nan) for fewer than :data:`MIN_INTERVAL_ITEMS`: resampling one item gives a point, three
+    hardly more, and a point is no interval (it would even "exclude zero")."""
+    if n < MIN_INTERVAL_ITEMS:
+        return (math.nan, math.nan)
+    return percentile_interval(draws)
 
 
 def bootstrap_ci(

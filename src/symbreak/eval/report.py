@@ -68,12 +68,16 @@ def format_estimate(e: Estimate, metric: Metric, ci: bool = True) -> str:
     """``12.5% [8.6, 17.8]`` for rates, ``4.213 [4.051, 4.380]`` otherwise."""
     mean, lo, hi = _nums((e.mean, e.lo, e.hi), metric)
     unit = "%" if metric.rate else ""
+    if ci and not e.has_interval:
+        return f"{mean}{unit} (too few items)"
     return f"{mean}{unit} [{lo}, {hi}]" if ci else f"{mean}{unit}"
 
 
 def format_difference(e: Estimate, metric: Metric) -> str:
     """``+7.5 [+2.0, +13.0] *``: percentage points for rates; ``*`` when the CI excludes 0."""
     mean, lo, hi = _nums((e.mean, e.lo, e.hi), metric, signed=True)
+    if not e.has_interval:
+        return f"{mean} (too few items)"
     return f"{mean} [{lo}, {hi}]" + (" *" if e.excludes_zero() else "")
 
 
@@ -282,8 +286,8 @@ def plot_compare(path: Path, names: Sequence[str], summaries: Sequence[Summary])
         ests = [s.categories[c].metrics["acc"] for c in cats] + [s.overall["acc"]["macro"]]
         means = [100 * e.mean for e in ests]
         err = [  # clipped at 0: rounding can put an interval's end a hair past the mean
-            [max(0.0, 100 * (e.mean - e.lo)) for e in ests],
-            [max(0.0, 100 * (e.hi - e.mean)) for e in ests],
+            [max(0.0, 100 * (e.mean - e.lo)) if e.has_interval else 0.0 for e in ests],
+            [max(0.0, 100 * (e.hi - e.mean)) if e.has_interval else 0.0 for e in ests],
         ]
         xs = [i + (r - (len(summaries) - 1) / 2) * width for i in range(len(labels))]
         ax.bar(xs, means, width, yerr=err, capsize=2, label=name)

@@ -67,9 +67,9 @@ from symbreak.model import GPT
 from symbreak.stats import (
     BOOTSTRAP_RESAMPLES,
     Estimate,
+    bootstrap_interval,
     bootstrap_means,
     bootstrap_rng,
-    percentile_interval,
     wilson_interval,
 )
 
@@ -409,7 +409,7 @@ def _estimate(x: np.ndarray, metric: Metric, rng: np.random.Generator, resamples
     if metric.rate:
         lo, hi = wilson_interval(float(x.sum()), len(x))
     else:
-        lo, hi = percentile_interval(bootstrap_means(x, resamples, rng))
+        lo, hi = bootstrap_interval(bootstrap_means(x, resamples, rng), len(x))
     return Estimate(mean, lo, hi, len(x))
 
 
@@ -433,8 +433,8 @@ def _overall(
         micro_ci = wilson_interval(float(np.concatenate(groups).sum()), n)
     else:
         draws = np.stack([bootstrap_means(x, resamples, rng) for x in groups])  # (C, R)
-        macro_ci = percentile_interval(draws.mean(axis=0))
-        micro_ci = percentile_interval((draws * sizes[:, None]).sum(axis=0) / n)
+        macro_ci = bootstrap_interval(draws.mean(axis=0), n)
+        micro_ci = bootstrap_interval((draws * sizes[:, None]).sum(axis=0) / n, n)
     return {
         "macro": Estimate(macro, *macro_ci, n),
         "micro": Estimate(micro, *micro_ci, n),
@@ -493,8 +493,8 @@ def paired_differences(
         name: {
             m: Estimate(
                 float(x.mean()),
-                *percentile_interval(
-                    bootstrap_means(x, resamples, bootstrap_rng(seed, "diff", name, m))
+                *bootstrap_interval(
+                    bootstrap_means(x, resamples, bootstrap_rng(seed, "diff", name, m)), len(x)
                 ),
                 len(x),
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,26 @@ def test_a_finished_run_reports_its_curve():
     )
     assert "10.8555 at start -> 2.5000 at step 30 (best 2.4000)" in lines
     assert "train loss   2.6000" in lines
+
+
+@pytest.mark.parametrize("name", ["my run", "café", "a/b", "-x", ""])
+def test_run_and_sweep_names_follow_one_rule_that_says_what_is_allowed(name: str):
+    from symbreak.config import NAME_RULE, Config
+    from symbreak.errors import ConfigError, ExperimentError
+    from symbreak.experiments.grid import parse_grid
+
+    cfg = Config()
+    cfg.set("train.name", name)
+    with pytest.raises(ConfigError, match=re.escape(NAME_RULE)):
+        cfg.resolve(vocab_size=64)
+    with pytest.raises(ExperimentError, match=re.escape(NAME_RULE)):
+        parse_grid({"name": name or " ", "config": {"train.max_steps": 2}}, None, [])
+
+
+def test_usual_run_names_pass():
+    from symbreak.config import Config
+
+    for name in ("demo", "demo-20261204-171000", "adamw-bQbV-seed0", "lr=1e-3", "v1.2+x_y"):
+        cfg = Config()
+        cfg.set("train.name", name)
+        cfg.resolve(vocab_size=64)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import tomllib
 import types
 import typing
@@ -26,6 +27,10 @@ from symbreak.errors import ConfigError
 
 INT64 = (-(2**63), 2**63 - 1)
 MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds; numpy's need them non-negative
+# Names that become directories (train.name, sweeps, their axes and variants): safe on every
+# file system and in a shell, without quoting.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*")
+NAME_RULE = "letters, digits and _ . + = -, starting with a letter or digit"
 MAX_THREADS = 1024  # a sanity bound: torch starts that many OS threads at its first kernel
 
 # Choices of a few keys that commands also offer as options (here, not in the torch modules
@@ -563,7 +568,11 @@ class Config:
             "train.device",
             f"'{t.device}' is not auto, cpu, cuda or cuda:N",
         )
-        _require(bool(t.name) and "/" not in t.name, "train.name", "must be a plain directory name")
+        _require(
+            NAME.fullmatch(t.name) is not None,
+            "train.name",
+            f"{t.name!r} is not a usable run name: use {NAME_RULE}",
+        )
         if t.parallel == "fsdp":
             _require(
                 self.optim.name != "soap",

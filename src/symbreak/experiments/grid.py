@@ -41,17 +41,16 @@ applied in order: base file, ``[config]``, command-line overrides, then each axi
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from symbreak.config import Config, flatten, parse_override, read_toml
+from symbreak.config import NAME, NAME_RULE, Config, flatten, parse_override, read_toml
 from symbreak.data import resolve_config
 from symbreak.errors import ConfigError, ExperimentError
 
 SEED_KEY = "train.seed"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*")
+
 _TOP_KEYS = {"name", "out_dir", "base", "procs_per_cell", "config", "axes", "slurm", "report"}
 SLURM_KEYS = {
     "partition": str,
@@ -199,8 +198,8 @@ def parse_grid(tree: dict[str, Any], path: Path | None, overrides: list[str]) ->
             f"allowed: {', '.join(sorted(_TOP_KEYS))}"
         )
     name = tree.get("name", path.stem if path else "sweep")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ExperimentError(f"{where}: name {name!r} must be a plain directory name")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ExperimentError(f"{where}: name {name!r} is not a usable sweep name: use {NAME_RULE}")
     root = path.parent if path else Path(".")
     base_file, base_tree = None, {}
     if "base" in tree:
@@ -305,16 +304,16 @@ def _parse_axes(axes: Any, where: str) -> list[Axis]:
                 )
             )
         elif isinstance(spec, dict):  # [axes.NAME] variant = { "section.key" = value, ... }
-            if not _NAME.fullmatch(name):
-                raise ExperimentError(f"{where}: axis name '{name}' must be a plain word")
+            if not NAME.fullmatch(name):
+                raise ExperimentError(f"{where}: axis name {name!r} is not usable: use {NAME_RULE}")
             if not spec:
                 raise ExperimentError(f"{where}: axis '{name}' is empty; give it variants")
             settings = {}
             for variant, keys in spec.items():
-                if not _NAME.fullmatch(variant):
+                if not NAME.fullmatch(variant):
                     raise ExperimentError(
-                        f"{where}: variant '{variant}' of axis '{name}' must be a plain word "
-                        "(letters, digits, _ . + = -)"
+                        f"{where}: variant {variant!r} of axis '{name}' is not usable in a cell "
+                        f"name: use {NAME_RULE}"
                     )
                 if not isinstance(keys, dict):
                     raise ExperimentError(
@@ -334,7 +333,7 @@ def _parse_axes(axes: Any, where: str) -> list[Axis]:
 
 
 def _value_name(v: Any, axis: str, where: str) -> str:
-    if isinstance(v, bool | int | float | str) and _NAME.fullmatch(text := str(v).lower()):
+    if isinstance(v, bool | int | float | str) and NAME.fullmatch(text := str(v).lower()):
         return text if not isinstance(v, str) else str(v)
     raise ExperimentError(
         f"{where}: value {v!r} of axis '{axis}' cannot name a cell; use a variant axis"

@@ -78,16 +78,22 @@ class TrainStep:
         return isinstance(self.forward, CompiledOrEager) and not self.forward.failed
 
     def __call__(
-        self, step: int, micro_batches: Sequence[Batch], stop_requested: bool = False
+        self,
+        step: int,
+        micro_batches: Sequence[Batch],
+        stop_requested: Callable[[], bool] | None = None,
     ) -> StepResult:
+        """Run step ``step`` on this rank's ``micro_batches``. ``stop_requested`` is asked after
+        the backward passes (a signal that arrives during the step stops the run after it)."""
         self.model.train()
         self.model.pin_biases(step)
         loss_sum = self._accumulate(micro_batches)
+        stop = stop_requested is not None and stop_requested()
         # One all-reduce and one host sync per step: the global loss and the stop flag.
         stats = torch.stack(
             (
                 loss_sum / len(micro_batches),
-                torch.tensor(float(stop_requested), device=self.device, dtype=loss_sum.dtype),
+                torch.tensor(float(stop), device=self.device, dtype=loss_sum.dtype),
             )
         )
         self.env.all_reduce(stats)

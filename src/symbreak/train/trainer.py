@@ -215,6 +215,9 @@ class _StopOnSignal:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
     def _handle(self, signum: int, frame: object) -> None:
         if self.signal_name == "SIGINT" and signum == signal.SIGINT:
             raise KeyboardInterrupt
@@ -561,9 +564,7 @@ class Trainer:
                 lr = lr_at(step, cfg.optim, self.total)
                 set_lr(self.optimizer, lr)
                 result = self.train_step(
-                    step,
-                    self.batches.micro_batches(step),
-                    self.stopper.signal_name is not None,
+                    step, self.batches.micro_batches(step), self.stopper.requested
                 )
                 self._check_step(step, result, state)
                 dt = time.perf_counter() - t0

@@ -102,7 +102,7 @@ def test_report_reproduces_metrics_and_scipy(grid_sweep, tmp_path):
                                                "differences.png"}
     assert len(data["runs"]) == 8 and data["baseline"] == "sym"
     for run in data["runs"]:
-        rows = val_rows(Path(run["run_dir"]))
+        rows = val_rows(out / run["run_dir"])
         assert run["final_val_loss"] == rows[-1][1]  # exactly the CSV's number
         best = min(rows, key=lambda r: (r[1], r[0]))
         assert (run["best_val_loss"], run["best_step"]) == (best[1], best[0])

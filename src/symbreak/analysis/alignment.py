@@ -38,6 +38,7 @@ from symbreak.data.tokenizer import GPT2_VOCAB_SIZE
 from symbreak.device import autocast, resolve_dtype
 from symbreak.errors import DataError, SymbreakError
 from symbreak.model import GPT
+from symbreak.provenance import provenance
 from symbreak.runs import Run
 from symbreak.seeding import keyed_seed
 
@@ -375,6 +376,7 @@ def analyze_run(
     result: dict[str, Any] = {
         "schema": SCHEMA,
         "symbreak_version": __version__,
+        "provenance": provenance(str(run.device)),
         "run": {"name": run.name, "dir": str(run.run_dir)},
         "checkpoint": {"name": run.checkpoint.name, "step": run.step},
         "options": {**asdict(opts), "text": text_source},

@@ -34,6 +34,7 @@ from symbreak.analysis.sources import (
 )
 from symbreak.config import MASKS, POS_ENCODINGS
 from symbreak.errors import SymbreakError
+from symbreak.provenance import provenance
 
 # the fresh models of ``grid=True``: every encoding (NoPE first) x mask x 1-2 layers
 GRID_ENCODINGS = ("none", *(pe for pe in POS_ENCODINGS if pe != "none"))
@@ -167,6 +168,7 @@ def permutation_json(probes: Sequence[PermutationProbe], text: str, seed: int) -
         "text": text,
         "seed": seed,
         "results": [p.to_json() for p in probes],
+        "provenance": provenance(_device([p.source for p in probes])),
     }
 
 
@@ -232,4 +234,14 @@ def position_json(
         "text": text,
         "seed": seed,
         "runs": [{**p.to_json(), "model": src.cfg.to_dict()["model"]} for src, p in probes],
+        "provenance": provenance(_device([src for src, _ in probes])),
     }
+
+
+def _device(sources: Sequence[ModelSource]) -> str | None:
+    """The device the probed models ran on (the first one's), for the provenance."""
+    for src in sources:
+        param = next(src.model.parameters(), None)
+        if param is not None:
+            return str(param.device)
+    return None

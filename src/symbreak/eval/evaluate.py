@@ -37,6 +37,7 @@ from symbreak.eval.sample import Sample, generate
 from symbreak.eval.scoring import ScoreRun, Summary, paired_differences, score_items, summarize
 from symbreak.outputs import output_dir, output_file
 from symbreak.plotting import require_matplotlib
+from symbreak.provenance import provenance
 from symbreak.runs import Run, load_run
 
 Echo = Callable[[str], None]
@@ -301,6 +302,7 @@ def evaluate_run(
     echo(describe(run))
     data: dict[str, Any] = {
         "symbreak_version": __version__,
+        "provenance": provenance(str(run.device)),
         "created": _now(),
         **_run_json(run),
         "options": _options(
@@ -369,7 +371,13 @@ def evaluate_addition_run(
     run = _load(run_dir, checkpoint, sb_eval, device)
     echo(describe(run))
     result = evaluate_addition(run.model, run.cfg, problems, batch_size)
-    data = {"symbreak_version": __version__, "created": _now(), **_run_json(run), **result}
+    data = {
+        "symbreak_version": __version__,
+        "provenance": provenance(str(run.device)),
+        "created": _now(),
+        **_run_json(run),
+        **result,
+    }
     path = None
     if write:
         path = out_file or out_dir / f"addition_{run.checkpoint.name}.json"
@@ -446,9 +454,10 @@ def compare_runs(
     if not items:
         raise SymbreakError("nothing to compare: --suite none without --puzzles FILE.jsonl")
     names = _unique_names(dirs)
-    runs_json, results, summaries = [], [], []
+    runs_json, results, summaries, devices = [], [], [], []
     for name, run_dir in zip(names, dirs, strict=True):
         run = _load(run_dir, checkpoint, sb_eval, device)
+        devices.append(str(run.device))
         _require_gpt2_vocabulary(run)
         echo(describe(run))
         entry = {"name": name, **_run_json(run), "validation": None}
@@ -465,6 +474,7 @@ def compare_runs(
     diffs = [paired_differences(results[0], other) for other in results[1:]]
     data = {
         "symbreak_version": __version__,
+        "provenance": provenance(devices[0]),
         "created": _now(),
         "options": _options(
             checkpoint, suite, suite_seed, per_category, puzzles, batch_size, sb_eval, device

@@ -24,7 +24,8 @@ all 13 characters of a problem (the operands are unpredictable), a bidirectional
 
 Writes ``report.md``, ``report.json`` and ``exact_match.png`` (exact match against steps, one
 panel per combination of the non-positional axes, seed mean and min-max) into ``--out``
-(default ``SWEEP_DIR/report-addition``).
+(default ``SWEEP_DIR/report-addition``); run directories in it are relative to ``--out``, and
+its ``provenance`` entry names the symbreak version and git commit that wrote it.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from symbreak.errors import ExperimentError
-from symbreak.experiments.collect import Collection, Record, collect
+from symbreak.experiments.collect import Collection, Record, collect, portable_path
 from symbreak.experiments.report import write_report
 from symbreak.plotting import pyplot
+from symbreak.provenance import provenance
 
 PROBE_SEQUENCES = 32
 PROBE_FIT, PROBE_SCORE = 64, 32
@@ -112,13 +114,15 @@ def build(
     threshold: float,
     probes: bool,
     echo: Callable[[str], None] = print,
+    out: Path | None = None,
 ) -> dict[str, Any]:
+    """The report's data; run directories relative to ``out``, the report's directory."""
     seed_axes = {"train.seed", "seed"}
     cells: dict[str, list[dict[str, Any]]] = {}
     for r in col.records:
         steps, em = exact_match_curve(r)
         run = {
-            "run_dir": str(r.run_dir),
+            "run_dir": portable_path(r.run_dir, out),
             "seed": r.seed,
             "labels": r.labels,
             "pos_encoding": r.config.get("model.pos_encoding"),
@@ -168,6 +172,7 @@ def build(
         "skipped": col.skipped,
         "cells": out_cells,
         "runs": [x for runs in cells.values() for x in runs],
+        "provenance": provenance(),
     }
 
 
@@ -289,9 +294,9 @@ def build_addition_report(
     if out is not None and out.exists() and not out.is_dir():
         raise ExperimentError(f"--out {out} is a file; give a directory for the report")
     col = collect(paths)
-    data = build(col, threshold, probes, echo)
     if out is None:
         out = (col.sweep_dir or Path(paths[0]).resolve().parent) / "report-addition"
+    data = build(col, threshold, probes, echo, out)
     out.mkdir(parents=True, exist_ok=True)
     figures = plot(data, out) if plot_figures else []
     write_report(out, markdown(data, figures), data, figures, echo)

@@ -22,6 +22,7 @@ from symbreak.atomic import write_text_atomic
 from symbreak.config import Config, flatten
 from symbreak.errors import ConfigError, ExperimentError
 from symbreak.experiments.grid import Cell, Grid
+from symbreak.provenance import provenance
 from symbreak.train.checkpoint import LATEST, read_state, resolve_checkpoint
 from symbreak.train.lock import describe_holder, is_locked, read_holder
 
@@ -200,6 +201,7 @@ class Manifest:
         data = {
             "format": 1,
             "symbreak_version": __version__,
+            "provenance": provenance(),
             "updated": datetime.now(UTC).isoformat(timespec="seconds"),
             "executor": self.executor,
             "grid": self.grid.to_json(),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,10 +83,11 @@ class Record:
     def has_biases(self) -> bool:
         return any(self.config.get(f"sb.{k}") for k in ("q", "k", "v"))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, base: Path | None = None) -> dict[str, Any]:
+        """The run's figures; ``run_dir`` relative to ``base`` (see :func:`portable_path`)."""
         best, best_step = self.best
         return {
-            "run_dir": str(self.run_dir),
+            "run_dir": portable_path(self.run_dir, base),
             "panel": self.panel,
             "variant": self.variant,
             "seed": self.seed,
@@ -97,6 +99,19 @@ class Record:
             "tok_per_s": self.tok_per_s,
             "eval": self.eval,
         }
+
+
+def portable_path(path: Path, base: Path | None) -> str:
+    """``path`` as a result file records it: relative to ``base`` (the directory the file is
+    written to) with POSIX separators, so a results folder can be moved or published whole;
+    without ``base``, or when no relative path exists (another drive), the absolute path."""
+    target = Path(path).resolve()
+    if base is not None:
+        try:
+            return Path(os.path.relpath(target, Path(base).resolve())).as_posix()
+        except ValueError:
+            pass
+    return target.as_posix()
 
 
 def _float(text: str) -> float | None:

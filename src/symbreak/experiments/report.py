@@ -6,6 +6,10 @@ every difference, and the methods), ``curves.png`` (validation loss against toke
 per optimizer or other setting, one colour per variant, the seed mean as a line and the min-max
 over seeds as a band) and ``differences.png`` (the paired difference to the baseline over
 training, with its 95% CI band).
+
+Paths in the report (each run's directory, the sweep directory) are relative to DIR, so a
+results folder holding the sweep and its report can be moved or published as it is; the
+``provenance`` entry names the symbreak version and git commit that wrote the report.
 """
 
 from __future__ import annotations
@@ -19,9 +23,16 @@ from typing import Any
 from symbreak import stats
 from symbreak.atomic import write_text_atomic
 from symbreak.errors import ExperimentError
-from symbreak.experiments.collect import Collection, Record, attach_eval, collect
+from symbreak.experiments.collect import (
+    Collection,
+    Record,
+    attach_eval,
+    collect,
+    portable_path,
+)
 from symbreak.jsonio import write_json_atomic
 from symbreak.plotting import pyplot
+from symbreak.provenance import provenance
 
 EVAL_METRICS = ("macro_acc", "answer_ce")
 
@@ -50,8 +61,11 @@ def _cells(records: list[Record]) -> dict[tuple[str, str], list[Record]]:
     return cells
 
 
-def build(col: Collection, metric: str, with_eval: bool) -> dict[str, Any]:
-    """Every figure of the report, as JSON-ready data."""
+def build(
+    col: Collection, metric: str, with_eval: bool, out: Path | None = None
+) -> dict[str, Any]:
+    """Every figure of the report, as JSON-ready data; paths relative to ``out``, the report's
+    directory (absolute without it)."""
     cells = _cells(col.records)
     metrics = ["val_loss", "best_val_loss"] + (list(EVAL_METRICS) if with_eval else [])
     cell_rows = []
@@ -60,7 +74,7 @@ def build(col: Collection, metric: str, with_eval: bool) -> dict[str, Any]:
             "panel": panel,
             "variant": variant,
             "seeds": [r.seed for r in rs],
-            "runs": [str(r.run_dir) for r in rs],
+            "runs": [portable_path(r.run_dir, out) for r in rs],
             "final_step": sorted({r.final_step for r in rs}),
             "best_step": stats.describe([r.best[1] for r in rs]),
             "tokens": stats.describe([r.tokens[-1] for r in rs]),
@@ -104,7 +118,7 @@ def build(col: Collection, metric: str, with_eval: bool) -> dict[str, Any]:
     return {
         "title": col.title,
         "source": col.source,
-        "sweep_dir": str(col.sweep_dir) if col.sweep_dir else None,
+        "sweep_dir": portable_path(col.sweep_dir, out) if col.sweep_dir else None,
         "metric": metric,
         "variant_axis": col.variant_axis,
         "baseline": col.baseline,
@@ -120,10 +134,11 @@ def build(col: Collection, metric: str, with_eval: bool) -> dict[str, Any]:
             "significance": f"'*': the paired 95% CI excludes 0; fewer than {stats.MIN_PAIRS} "
             "pairs: inconclusive whatever the p-value",
         },
-        "runs": [r.to_json() for r in col.records],
+        "runs": [r.to_json(out) for r in col.records],
         "cells": cell_rows,
         "differences": diffs,
         "difference_curves": curves_diff,
+        "provenance": provenance(),
     }
 
 
@@ -416,8 +431,8 @@ def build_report(
     col = collect(paths, baseline)
     if with_eval:
         attach_eval(col.records, echo)
-    data = build(col, metric, with_eval)
     out = out or default_out(col, paths)
+    data = build(col, metric, with_eval, out)
     out.mkdir(parents=True, exist_ok=True)
     figures = plot(data, col, out) if plot_figures else []
     write_report(out, markdown(data, figures), data, figures, echo)

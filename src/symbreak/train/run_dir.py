@@ -11,10 +11,20 @@ from symbreak.config import Config
 from symbreak.errors import ConfigError
 from symbreak.train.lock import LOCK_FILE
 
+# Each start or resume of a run appends an entry here: see symbreak.provenance.
+PROVENANCE_FILE = "provenance.json"
+
 # Files a training attempt writes into its run directory besides checkpoints/. A fresh start
 # (no checkpoint to resume from) removes those a failed earlier attempt left behind, so nothing
 # of that attempt (metrics.csv rows, TensorBoard events, the W&B run id) mixes into this one.
-ATTEMPT_FILES = ("metrics.csv", "noether.csv", "config.toml", "tensorboard", "wandb_id.json")
+ATTEMPT_FILES = (
+    "metrics.csv",
+    "noether.csv",
+    "config.toml",
+    PROVENANCE_FILE,
+    "tensorboard",
+    "wandb_id.json",
+)
 
 
 def check_run_dir(cfg: Config) -> Path:

@@ -19,12 +19,14 @@ loop's counters. A resumed run continues exactly where the checkpoint was writte
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +43,12 @@ from symbreak.data import (
 )
 from symbreak.device import autocast, resolve_dtype
 from symbreak.errors import CheckpointError, ConfigError, TrainingError
+from symbreak.jsonio import write_json_atomic
 from symbreak.model import GPT
 from symbreak.model.loss import choose_loss_kernel
 from symbreak.optim import build_optimizer, lr_at, set_lr
 from symbreak.progress import Progress
+from symbreak.provenance import provenance
 from symbreak.train.checkpoint import (
     LATEST,
     load_model_weights,
@@ -71,7 +75,7 @@ from symbreak.train.loggers import build_loggers
 from symbreak.train.metrics import MetricsWriter
 from symbreak.train.noether_log import FILENAME as NOETHER_CSV
 from symbreak.train.noether_log import NoetherLog
-from symbreak.train.run_dir import check_run_dir, clear_attempt, only_lock
+from symbreak.train.run_dir import PROVENANCE_FILE, check_run_dir, clear_attempt, only_lock
 from symbreak.train.step import StepResult, TrainStep
 from symbreak.train.validation import loss_sums
 
@@ -519,12 +523,14 @@ class Trainer:
         return state
 
     def _open_outputs(self, resume_step: int | None) -> None:
-        """Rank 0: the run directory, its loggers, config.toml, metrics.csv and noether.csv."""
+        """Rank 0: the run directory, its loggers, config.toml, provenance.json, metrics.csv
+        and noether.csv."""
         if not self.env.is_main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.loggers = build_loggers(self.cfg, self.run_dir)  # may fail: before writing
         write_text_atomic(self.run_dir / "config.toml", self.cfg.to_toml())
+        self._record_provenance(resume_step)
         self.metrics = MetricsWriter(
             self.run_dir / "metrics.csv",
             self._optimizer_columns() + list(self.task_metrics),
@@ -535,6 +541,28 @@ class Trainer:
             self.noether = NoetherLog(
                 self.run_dir / NOETHER_CSV, self.model, self.optimizer, resume_step=resume_step
             )
+
+    def _record_provenance(self, resume_step: int | None) -> None:
+        """Append this start (or resume) of the run to provenance.json: the code, torch and
+        device it ran with, from which step, and when. A fresh start begins a new list."""
+        path = self.run_dir / PROVENANCE_FILE
+        entries: list[Any] = []
+        if resume_step is not None and path.is_file():
+            try:
+                entries = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+                entries = []
+            if not isinstance(entries, list):
+                entries = []
+        entries.append(
+            {
+                "step": resume_step or 0,
+                "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                "world_size": self.env.world_size,
+                **provenance(str(self.device)),
+            }
+        )
+        write_json_atomic(path, entries)
 
     def _close_outputs(self) -> None:
         for out in (self.metrics, self.noether, *self.loggers):

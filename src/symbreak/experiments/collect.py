@@ -191,7 +191,15 @@ def collect(paths: list[Path], baseline: str | None = None) -> Collection:
             raise ExperimentError(
                 f"{p} is neither a sweep (no {MANIFEST}) nor a run (no config.toml)"
             )
+        if not _run_finished(p):  # a killed run's last loss is not comparable with others'
+            skipped.append(p.name)
+            continue
         records.append(load_record(p))
+    if not records:
+        raise ExperimentError(
+            f"none of the {len(paths)} run(s) has finished its train.max_steps "
+            f"({', '.join(skipped[:5])}); resume them (the same train command) first"
+        )
     _check_comparable(records)
     _label_by_difference(records)
     return Collection(
@@ -239,6 +247,18 @@ def _from_sweep(sweep_dir: Path, baseline: str | None) -> Collection:
         sweep_dir,
         title=grid.get("name", sweep_dir.name),
     )
+
+
+def _run_finished(run_dir: Path) -> bool:
+    """A loose run directory whose latest checkpoint reached the run's step budget."""
+    from symbreak.runs import load_run_config
+
+    try:
+        total = load_run_config(run_dir).total_steps
+        step = checkpoint_step(run_dir)
+    except SymbreakError:
+        return False
+    return step is not None and step >= total
 
 
 def _finished(run_dir: Path, entry: dict[str, Any]) -> bool:

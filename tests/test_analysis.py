@@ -465,12 +465,16 @@ def test_bad_input_fails_in_one_line(runs, tmp_path, capsys):
     latin.write_bytes("café".encode("latin-1"))
     assert "not UTF-8" in _error(capsys, ["analyze", a, "--text", str(latin)])
     assert "--top 5000" in _error(capsys, ["analyze", a, *FAST, "--top", "5000"])
+    assert "itself" in _error(capsys, ["analyze", a, *FAST, "--baseline", a + "/"])
+    import shutil
+
+    twin = tmp_path / "twin"  # another run with bQ: not a symmetric baseline
+    shutil.copytree(runs["a"], twin)
+    assert "sb.q=true" in _error(capsys, ["analyze", a, *FAST, "--baseline", str(twin)])
     assert "model.n_embd" in _error(capsys, ["analyze", a, *FAST, "--baseline", str(runs["wide"])])
     assert "step 9" in _error(capsys, ["analyze", a, *FAST, "--checkpoint", "9"])
 
     broken = runs["root"] / "broken"
-    import shutil
-
     shutil.copytree(runs["a"], broken)
     (broken / "checkpoints" / "step_00000003" / "model.safetensors").write_bytes(b"garbage")
     assert "safetensors" in _error(capsys, ["analyze", str(broken), *FAST])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -340,7 +341,18 @@ SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")
 
 
 def check_same_shape(run: Run, baseline: Run) -> None:
-    """A baseline must have the analysed run's model shape, or the comparison means nothing."""
+    """A baseline must be a different run of the analysed run's model shape whose Q-K sector is
+    symmetric (no bQ: bV acts on the V-O sector, bK on nothing), or the comparison means
+    nothing."""
+    if Path(baseline.run_dir).resolve() == Path(run.run_dir).resolve():
+        raise SymbreakError(
+            f"--baseline {baseline.run_dir} is the analysed run itself; pass a symmetric run"
+        )
+    if baseline.cfg.sb.q:
+        raise SymbreakError(
+            f"--baseline {baseline.run_dir} has bQ (sb.q=true), which breaks the Q-K symmetry "
+            "the baseline stands for; pass a run trained with sb.q=false"
+        )
     for key in SHAPE_KEYS:
         a, b = getattr(run.cfg.model, key), getattr(baseline.cfg.model, key)
         if a != b:

@@ -196,6 +196,17 @@ def validation_line(val: dict[str, Any]) -> str:
     return f"validation loss {val['val_loss']:.4f} on {val['tokens']:,} held-out tokens{recorded}"
 
 
+def default_eval_name(checkpoint_name: str, suite: str, puzzles: Sequence[PathLike]) -> str:
+    """``<checkpoint>.json`` for the built-in suite alone (what ``report --eval`` reads), and
+    ``<checkpoint>.<suite and puzzle files>.json`` for anything else, so one suite's results
+    never overwrite another's (``step_00000200.reasoning-gym-syllogism.json``)."""
+    if suite == "builtin" and not puzzles:
+        return f"{checkpoint_name}.json"
+    parts = [] if suite == "none" else [re.sub(r"[^A-Za-z0-9_.+=-]+", "-", suite)]
+    parts += [Path(p).stem for p in puzzles]
+    return f"{checkpoint_name}.{'+'.join(parts) or 'val'}.json"
+
+
 def _options(
     checkpoint: str,
     suite: str,
@@ -283,8 +294,9 @@ def evaluate_run(
     ``val=True`` measure its validation loss too. What ``symbreak eval RUN_DIR`` does.
 
     ``checkpoint``: ``latest``, ``best`` or a step number. ``sb_eval`` overrides the run's
-    ``sb.eval``. The JSON goes to ``out`` (default ``RUN_DIR/eval/<checkpoint>.json``; an
-    existing directory holds ``<checkpoint>.json``); ``write=False`` writes nothing.
+    ``sb.eval``. The JSON goes to ``out`` (default ``RUN_DIR/eval/<checkpoint>.json`` for the
+    built-in suite, ``<checkpoint>.<suite>.json`` for others: :func:`default_eval_name`; an
+    existing directory holds that name); ``write=False`` writes nothing.
 
     >>> from symbreak.eval import evaluate_run
     >>> result = evaluate_run("runs/demo", per_category=20, val=True)  # doctest: +SKIP
@@ -330,7 +342,7 @@ def evaluate_run(
         data["items"] = [report.item_json(r) for r in score.results]
     path = None
     if write:
-        name = f"{run.checkpoint.name}.json"
+        name = default_eval_name(run.checkpoint.name, suite, puzzles)
         path = output_file(out or run_dir / "eval" / name, name, "--out")
         report.write_json(path, data)
     return EvalResult(data, path, score, summary)

@@ -385,7 +385,12 @@ def _read_eval(path: Path) -> dict[str, float] | None:
 
 
 def _eval_figures(data: Any) -> dict[str, float] | None:
+    """The built-in suite's headline figures, or None for any other suite's results (a report
+    column never mixes suites)."""
     try:
+        options = data.get("options", {})
+        if options.get("suite", "builtin") != "builtin" or options.get("puzzles"):
+            return None
         overall = data["overall"]
         return {
             "macro_acc": float(overall["acc"]["macro"]["mean"]),

@@ -159,6 +159,17 @@ def test_position_cli_on_a_run_writes_json_and_pngs(run_dir: Path, tmp_path: Pat
     assert out.with_suffix(".similarity.png").stat().st_size > 0
 
 
+def test_position_cli_writes_beside_the_run_by_default(run_dir: Path, capsys, monkeypatch):
+    monkeypatch.chdir(run_dir.parent)
+    rc = main(["probe", "position", str(run_dir), "--fit-sequences", "8",
+               "--score-sequences", "4", "--no-plot"])  # fmt: skip
+    assert rc == 0
+    assert (run_dir / "probes" / "position-latest.json").is_file()
+    assert not (run_dir.parent / "probe_position.json").exists()
+    assert main(["probe", "position", "--init", "model.n_layer=1", "--no-plot"]) == 2
+    assert "give --out" in capsys.readouterr().err
+
+
 def test_permutation_cli_on_a_run(run_dir: Path, capsys) -> None:
     rc = main(["probe", "permutation", str(run_dir), "--lengths", "4,16", "--sequences", "2",
                "--permutations", "1"])  # fmt: skip

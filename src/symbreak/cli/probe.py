@@ -13,7 +13,9 @@ from typing import Any
 
 from symbreak.analysis.options import TEXT_SOURCES
 from symbreak.cli.argtypes import float_range, int_range, seed
+from symbreak.errors import SymbreakError
 from symbreak.jsonio import write_json_atomic
+from symbreak.outputs import output_file
 from symbreak.plotting import require_matplotlib
 
 
@@ -190,6 +192,12 @@ def run_position(args: argparse.Namespace) -> int:
 
     if not args.no_plot:
         require_matplotlib("probe position draws its figures", "pass --no-plot")
+    if args.out is not None:
+        out = output_file(args.out, "probe_position.json", "--out")
+    elif args.run_dirs:  # beside the (first) run, like analyze and eval
+        out = Path(args.run_dirs[0]) / "probes" / f"position-{args.checkpoint}.json"
+    else:
+        raise SymbreakError("probe position --init writes no run: give --out FILE.json")
     probes = probe_position(
         args.run_dirs,
         init=args.init,
@@ -203,7 +211,6 @@ def run_position(args: argparse.Namespace) -> int:
         near=args.near,
     )
     print(format_table([p for _, p in probes]))
-    out = args.out or Path("probe_position.json")
     _write_json(out, position_json(probes, args.text, args.seed))
     if not args.no_plot:
         r2_png, sim_png = out.with_suffix(".r2.png"), out.with_suffix(".similarity.png")

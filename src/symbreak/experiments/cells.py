@@ -51,6 +51,7 @@ class CellState:
     state: str  # pending | partial | done
     step: int
     total: int
+    busy: bool = False  # a trainer holds the run's lock now (this sweep's child or another's)
 
 
 def run_dir_of(cell: Cell) -> Path:
@@ -72,10 +73,12 @@ def checkpoint_step(run_dir: Path) -> int | None:
 
 def cell_state(cell: Cell) -> CellState:
     total = cell.config.total_steps
-    step = checkpoint_step(run_dir_of(cell))
+    run_dir = run_dir_of(cell)
+    step = checkpoint_step(run_dir)
+    busy = is_locked(run_dir)
     if step is None:
-        return CellState("pending", 0, total)
-    return CellState("done" if step >= total else "partial", step, total)
+        return CellState("pending", 0, total, busy)
+    return CellState("done" if step >= total else "partial", step, total, busy)
 
 
 def check_identity(cell: Cell) -> None:
@@ -202,7 +205,10 @@ class Manifest:
             "format": 1,
             "symbreak_version": __version__,
             "provenance": provenance(),
+            # a snapshot: a sweep killed outright leaves "running" behind; commands read the
+            # cells' state from their run directories, never from here
             "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+            "writer_pid": os.getpid(),
             "executor": self.executor,
             "grid": self.grid.to_json(),
             "cells": entries + self.retired,

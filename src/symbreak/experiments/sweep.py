@@ -49,6 +49,8 @@ def plan_lines(grid: Grid, cells: list[Cell], states: dict[str, CellState]) -> l
     for c in cells:
         st = states[c.name]
         what = {"done": "skip (done)", "partial": f"resume at step {st.step}", "pending": "run"}
+        if st.busy and st.state != "done":  # another process trains it: a run would wait
+            what = {st.state: f"busy (step {st.step}, locked)"}
         settings = " ".join(f"{k}={v}" for k, v in c.settings.items())
         lines.append(
             f"  {c.name.ljust(width)}  {what[st.state]:<22} {st.total} steps  {settings}".rstrip()

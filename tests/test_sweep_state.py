@@ -1,5 +1,6 @@
-"""A sweep stopped by Ctrl-C reports an interruption, never a failure: the children get the
-signal too, checkpoint and exit 0 before their cells are done."""
+"""What a sweep says about its cells: a Ctrl-C is an interruption, never a failure (the children
+get the signal too, checkpoint and exit 0 before their cells are done); a cell another process
+is training shows as busy; sweep.json is a dated snapshot."""
 
 from __future__ import annotations
 
@@ -50,3 +51,24 @@ def test_a_child_that_crashes_is_a_failure(tmp_path, monkeypatch):
     failed = local.run_local(grid, cells, configs, 2, Manifest(grid, cells, "local"), lines.append)
     assert sorted(failed) == sorted(c.name for c in cells)
     assert "FAILED" in "\n".join(lines)
+
+
+def test_dry_run_shows_a_cell_another_process_trains_as_busy(tmp_path):
+    import json
+
+    from symbreak.experiments.cells import run_dir_of
+    from symbreak.experiments.sweep import run_sweep
+    from symbreak.train.lock import run_lock
+
+    grid, cells, _ = _grid(tmp_path)
+    lines: list[str] = []
+    run_dir_of(cells[0]).mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir_of(cells[0])):
+        assert run_sweep(grid, dry_run=True, echo=lines.append) == 0
+    (busy,) = [ln for ln in lines if cells[0].name in ln]
+    (free,) = [ln for ln in lines if cells[1].name in ln]
+    assert "busy" in busy and "locked" in busy and " run " in free
+
+    Manifest(grid, cells, "local").write()
+    data = json.loads((grid.sweep_dir / "sweep.json").read_text())
+    assert data["updated"] and isinstance(data["writer_pid"], int)

@@ -8,8 +8,9 @@ over held-out text, every layer; see keys.py), over the scope's population of to
 * **bonus** ``b_t`` and **cosine** ``cos(k_t, <bQ>)`` (context: mean over occurrences);
 * **selectivity** ``std_t(b_t)`` (population std, nats): how much <bQ> separates tokens;
 * **enrichment** of each class in the top-K ("amplified") and bottom-K ("suppressed") ends,
-  with permutation p-values and BH q-values over every (head, class, end) of the scope
-  (enrichment.py);
+  with exact hypergeometric p-values and BH q-values over every (head, class, end) of the scope
+  (enrichment.py); K is ``--top``, or without it :func:`~symbreak.analysis.options.auto_top`
+  of the scope's population (:func:`choose_top`);
 * **nulls**: R random directions with the norm of the head's <bQ> (directions.py), through the
   same computation: ``null_percentile`` is the percentile of the selectivity among them, and
   ``enrichment_null_percentile`` that of the strongest class enrichment ratio of each end.
@@ -33,9 +34,9 @@ from symbreak.analysis import enrichment as enr
 from symbreak.analysis.classes import classify_vocab, token_string
 from symbreak.analysis.directions import Direction, probe_direction, random_directions
 from symbreak.analysis.keys import context_stats, vocab_keys
-from symbreak.analysis.options import Options
+from symbreak.analysis.options import DEFAULT_TOP, MIN_AUTO_TOP, Options, auto_top
 from symbreak.analysis.text import windows
-from symbreak.data.tokenizer import GPT2_VOCAB_SIZE
+from symbreak.data.tokenizer import GPT2_VOCAB_SIZE, Tokenizer
 from symbreak.device import autocast, resolve_dtype
 from symbreak.errors import DataError, SymbreakError
 from symbreak.model import GPT
@@ -67,6 +68,7 @@ class ScopeInput:
     keys: torch.Tensor  # (len(layers), N, H, d) float64: per-id (mean) keys
     cos: torch.Tensor | None  # (len(layers), N, H) mean cosine; None: cosine of ``keys``
     counts: torch.Tensor  # (V,) occurrences per id in the analysed text
+    top: int  # K: token ids in each end (choose_top)
 
 
 def key_bonus(keys: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
@@ -83,15 +85,40 @@ def _check_top(k: int, n: int, scope: str) -> None:
         )
 
 
+def choose_top(requested: int | None, n: int, scope: str) -> dict[str, Any]:
+    """K of one scope with ``n`` token ids, and why: an explicit ``--top`` must fit (2 K <= n);
+    without it, :func:`~symbreak.analysis.options.auto_top` (50, or n // 5 below 250 ids)."""
+    if requested is not None:
+        _check_top(requested, n, scope)
+        return {"k": requested, "population": n, "rule": f"--top {requested}"}
+    k = auto_top(n)
+    if 2 * k > n:
+        raise SymbreakError(
+            f"the {scope} population has {n} token ids, too few to compare two ends of "
+            f"{MIN_AUTO_TOP} (at least {2 * MIN_AUTO_TOP} are needed)"
+            + ("; lower --min-count or analyse more tokens" if scope == "context" else "")
+        )
+    if k == DEFAULT_TOP:
+        return {"k": k, "population": n, "rule": "default"}
+    return {
+        "k": k,
+        "population": n,
+        "rule": f"a fifth of the {n} token ids: the default {DEFAULT_TOP} needs at least "
+        f"{5 * DEFAULT_TOP} (each end at most 20% of the population)",
+    }
+
+
 def analyze_scope(
     s: ScopeInput,
     classes: dict[str, list[int]],
     direction: Direction,
     null_dirs: torch.Tensor,
     opts: Options,
+    tokenizer: Tokenizer | None = None,
 ) -> list[dict[str, Any]]:
-    """Head entries of one scope (``q_value`` filled by :func:`_fill_qvalues`)."""
-    n, k = int(s.population.numel()), opts.top
+    """Head entries of one scope (``q_value`` filled by :func:`_fill_qvalues`); token strings
+    decoded with ``tokenizer`` (None: GPT-2 BPE)."""
+    n, k = int(s.population.numel()), s.top
     _check_top(k, n, s.name)
     member = enr.membership(classes, s.population)  # (C, N)
     names = list(classes)
@@ -141,8 +168,12 @@ def analyze_scope(
                 "null_selectivity_mean": _f(null_sel.mean()),
                 "enrichment_null_percentile": ratio_pct,
                 "mean_bonus": _f(bonus[h].mean()),
-                "top_tokens": _tokens(top[h], s.population, bonus[h], cos[h], pop_counts),
-                "bottom_tokens": _tokens(bottom[h], s.population, bonus[h], cos[h], pop_counts),
+                "top_tokens": _tokens(
+                    top[h], s.population, bonus[h], cos[h], pop_counts, tokenizer
+                ),
+                "bottom_tokens": _tokens(
+                    bottom[h], s.population, bonus[h], cos[h], pop_counts, tokenizer
+                ),
                 "enrichment": [
                     {
                         "class": names[c],
@@ -176,10 +207,11 @@ def _tokens(
     bonus: torch.Tensor,
     cos: torch.Tensor,
     counts: torch.Tensor,
+    tokenizer: Tokenizer | None = None,
 ) -> list[dict[str, Any]]:
     return [
         {
-            "token": token_string(int(population[j])),
+            "token": token_string(int(population[j]), tokenizer),
             "id": int(population[j]),
             "bonus": _f(bonus[j]),
             "cosine": _f(cos[j]),
@@ -226,10 +258,12 @@ def strongest(entry: dict[str, Any], end: str, alpha: float) -> dict[str, Any] |
 # --------------------------------------------------------------------------------------------
 
 
-def populations(tokens: torch.Tensor, vocab_size: int, opts: Options) -> tuple[int, torch.Tensor]:
+def populations(
+    tokens: torch.Tensor, vocab_size: int, opts: Options, tokenizer: Tokenizer | None = None
+) -> tuple[int, torch.Tensor]:
     """Check the options against the tokens before any model work: the vocab population size
-    (real GPT-2 ids only, never the padding rows) and the context population (ids seen at
-    least ``min_count`` times)."""
+    (the tokenizer's real ids, GPT-2's when ``tokenizer`` is None, never the padding rows) and
+    the context population (ids seen at least ``min_count`` times)."""
     opts.check()
     if tokens.numel() == 0:
         raise DataError("no tokens to analyse")
@@ -237,35 +271,51 @@ def populations(tokens: torch.Tensor, vocab_size: int, opts: Options) -> tuple[i
         raise DataError(
             f"token id {int(tokens.max())} is past the model's vocabulary ({vocab_size})"
         )
-    n_vocab = min(GPT2_VOCAB_SIZE, vocab_size)
-    _check_top(opts.top, n_vocab, "vocab")
+    n_real = GPT2_VOCAB_SIZE if tokenizer is None else tokenizer.vocab_size
+    n_vocab = min(n_real, vocab_size)
     counts = torch.bincount(tokens, minlength=vocab_size)
     ctx_pop = torch.nonzero(counts[:n_vocab] >= opts.min_count).flatten()
-    _check_top(opts.top, int(ctx_pop.numel()), "context")
+    top_used(n_vocab, int(ctx_pop.numel()), opts)
     return n_vocab, ctx_pop
 
 
-def analyze_model(
-    model: GPT, tokens: torch.Tensor, opts: Options, progress: Progress | None = None
-) -> dict[str, Any]:
-    """Both scopes of one model on ``tokens`` (1-D): direction, classes, heads, profiles.
+def top_used(n_vocab: int, n_context: int, opts: Options) -> dict[str, dict[str, Any]]:
+    """``{scope: {k, population, rule}}``: the K each scope uses (:func:`choose_top`)."""
+    return {
+        "vocab": choose_top(opts.top, n_vocab, "vocab"),
+        "context": choose_top(opts.top, n_context, "context"),
+    }
 
-    ``progress(message)``, when given, hears about each phase (for a long 124m analysis)."""
+
+def analyze_model(
+    model: GPT,
+    tokens: torch.Tensor,
+    opts: Options,
+    progress: Progress | None = None,
+    tokenizer: Tokenizer | None = None,
+) -> dict[str, Any]:
+    """Both scopes of one model on ``tokens`` (1-D): direction, classes, heads, profiles, and
+    ``top_used`` (the K of each scope, :func:`top_used`).
+
+    ``tokenizer`` (None: GPT-2 BPE) gives the real ids, the token strings and the class set
+    (classes.py). ``progress(message)``, when given, hears about each phase (for a long 124m
+    analysis)."""
     say = progress or (lambda _msg: None)
     model.eval()
     vocab_size = model.cfg.vocab_size
-    n_vocab, ctx_pop = populations(tokens, vocab_size, opts)
+    n_vocab, ctx_pop = populations(tokens, vocab_size, opts, tokenizer)
+    tops = top_used(n_vocab, int(ctx_pop.numel()), opts)
     direction = probe_direction(model)
     n_layer, _, d = direction.vectors.shape
     null_dirs = random_directions(direction.norms, opts.null_directions, d, opts.seed)
     counts = torch.bincount(tokens, minlength=vocab_size)[:vocab_size]
-    classes = classify_vocab(counts, n_vocab)
+    classes = classify_vocab(counts, n_vocab, tokenizer)
 
     # vocab scope: layer 0, every real token id
     vocab_pop = torch.arange(n_vocab)
     say(f"vocabulary keys of {n_vocab:,} token ids (layer 0)")
     vkeys = vocab_keys(model, vocab_pop, opts.vocab_positions).to(torch.float64)
-    vocab = ScopeInput("vocab", [0], vocab_pop, vkeys[None], None, counts)
+    vocab = ScopeInput("vocab", [0], vocab_pop, vkeys[None], None, counts, tops["vocab"]["k"])
 
     # context scope: every layer, ids seen at least min_count times
     ws = windows(tokens, model.cfg.block_size)
@@ -274,13 +324,19 @@ def analyze_model(
     ctx = autocast(dev, resolve_dtype(opts.dtype, dev))
     cs = context_stats(model, ws, direction.vectors, ctx_pop, counts, ctx=ctx)
     context = ScopeInput(
-        "context", list(range(n_layer)), ctx_pop, cs.mean_keys(), cs.mean_cos(), counts
+        "context",
+        list(range(n_layer)),
+        ctx_pop,
+        cs.mean_keys(),
+        cs.mean_cos(),
+        counts,
+        tops["context"]["k"],
     )
 
     heads: list[dict[str, Any]] = []
     for scope in (vocab, context):
-        say(f"{scope.name}: enrichment, {opts.permutations} permutations, nulls")
-        entries = analyze_scope(scope, classes, direction, null_dirs, opts)
+        say(f"{scope.name}: enrichment, K = {scope.top}, {opts.permutations} permutations, nulls")
+        entries = analyze_scope(scope, classes, direction, null_dirs, opts, tokenizer)
         _fill_qvalues(entries, opts.alpha)
         heads += entries
     for e in heads:
@@ -330,6 +386,7 @@ def analyze_model(
         },
         "classes": classes,
         "heads": heads,
+        "top_used": tops,
     }
 
 
@@ -371,7 +428,8 @@ def analyze_run(
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """The whole analysis.json of a run (and of its symmetric ``baseline``, on the same
-    tokens, probed with the vector its bQ would have had). The analysis of ``symbreak
+    tokens, probed with the vector its bQ would have had), token strings and classes from the
+    run's own tokenizer (:attr:`symbreak.runs.Run.tokenizer`). The analysis of ``symbreak
     analyze``; :func:`symbreak.analysis.output.write_outputs` writes the JSON, figures and
     report.html.
 
@@ -393,12 +451,15 @@ def analyze_run(
         "checkpoint": {"name": run.checkpoint.name, "step": run.step},
         "options": {**asdict(opts), "text": text_source},
     }
-    result.update(analyze_model(run.model, tokens, opts, progress))
+    tokenizer = run.tokenizer
+    analysed = analyze_model(run.model, tokens, opts, progress, tokenizer)
+    result["options"]["top_used"] = analysed.pop("top_used")
+    result.update(analysed)
     result["baseline"] = None
     if baseline is not None:
         if progress is not None:
             progress(f"baseline {baseline.run_dir}")
-        base = analyze_model(baseline.model, tokens, opts, progress)
+        base = analyze_model(baseline.model, tokens, opts, progress, tokenizer)
         result["baseline"] = {
             "run": {"name": baseline.name, "dir": str(baseline.run_dir)},
             "checkpoint": {"name": baseline.checkpoint.name, "step": baseline.step},

@@ -1,8 +1,14 @@
-"""A documented, deterministic classifier of GPT-2 tokens into (overlapping) classes.
+"""A documented, deterministic classifier of token ids into (overlapping) classes, for any
+tokenizer: the classes come from each token's decoded text.
 
-Each token id t < 50257 is turned into its bytes (``decode_single_token_bytes``). If those bytes
-are not valid UTF-8 on their own, t is a ``broken_bytes`` piece and gets no string class.
-Otherwise, with ``s`` its string and ``w = s.strip()``:
+The class set follows the run's tokenizer (:func:`class_scheme`): ``gpt2`` for GPT-2 BPE and
+any vocabulary whose tokens are longer than one character, ``char`` for a vocabulary of single
+characters (``symbreak prepare --tokenizer char``, the addition task's table).
+
+**GPT-2 (``gpt2``).** Each token id t < 50257 is turned into its bytes
+(``decode_single_token_bytes``). If those bytes are not valid UTF-8 on their own, t is a
+``broken_bytes`` piece and gets no string class. Otherwise, with ``s`` its string and
+``w = s.strip()``:
 
 ==================  ==========================================================================
 class               rule
@@ -27,7 +33,36 @@ rare                ids seen at most once in the analysed text
 ==================  ==========================================================================
 
 Classes overlap (" If" is logical, capitalised and word_start). The end-of-text token 50256 is
-in no string class. The member list of every class is written to analysis.json.
+in no string class. Another multi-character vocabulary gets the same rules on each token's
+decoded string (``tokenizer.decode([t])``; never ``broken_bytes``).
+
+**Single characters (``char``).** With ``c`` the token's character:
+
+==================  ==========================================================================
+class               rule
+==================  ==========================================================================
+lowercase           ``c`` is a lower-case letter (``str.isalpha`` and ``str.islower``)
+uppercase           ``c`` is an upper-case letter (``str.isalpha`` and ``str.isupper``)
+vowels              ``c`` is a Latin vowel a e i o u, either case, accents ignored ("é")
+consonants          ``c`` is any other Latin letter b-z, either case, accents ignored (y too)
+digits              ``c`` is a decimal digit (``str.isdecimal``: "0"-"9")
+space               ``c`` is the space " "
+newline             ``c`` is a line break ("\\n" or "\\r")
+whitespace          ``c`` is any whitespace (space, newline, tab, ...)
+punctuation         ``c`` is Unicode punctuation (category P*: . , ; : ! ? ' " - ( ) ...)
+quotes              ``c`` is an apostrophe or a quotation mark (' " ` and their typographic
+                    forms); also in ``punctuation``
+symbols             ``c`` is a Unicode symbol (category S*: + = < > $ ^ | ~ ...)
+frequent, rare      as for GPT-2, on the analysed text
+==================  ==========================================================================
+
+The end-of-text id (0 for a ``char`` vocabulary) is in no string class and is shown as
+``<|endoftext|>``. With one character per id, ``space`` and ``newline`` have a single member
+each: no test on so few ids can be significant (at best p = K/N, see docs/analysis.md); they
+are there to be read, and ``whitespace`` pools them.
+
+The member list of every class is written to analysis.json; classes with no member in a scope's
+population are not tested.
 """
 
 from __future__ import annotations
@@ -37,7 +72,14 @@ import unicodedata
 
 import torch
 
-from symbreak.data.tokenizer import EOT_ID, GPT2_VOCAB_SIZE, get_tokenizer
+from symbreak.data.tokenizer import (
+    EOT_ID,
+    EOT_TOKEN,
+    GPT2_VOCAB_SIZE,
+    GPT2Tokenizer,
+    Tokenizer,
+    get_tokenizer,
+)
 
 # closed word lists, matched on the lower-cased stripped token
 _LOGICAL = """if then else given assuming assume suppose supposing therefore thus hence because
@@ -70,6 +112,27 @@ STRING_CLASSES = (
 )
 FREQUENCY_CLASSES = ("frequent", "rare")
 CLASS_NAMES = STRING_CLASSES + FREQUENCY_CLASSES
+
+CHAR_STRING_CLASSES = (
+    "lowercase",
+    "uppercase",
+    "vowels",
+    "consonants",
+    "digits",
+    "space",
+    "newline",
+    "whitespace",
+    "punctuation",
+    "quotes",
+    "symbols",
+)
+CHAR_CLASS_NAMES = CHAR_STRING_CLASSES + FREQUENCY_CLASSES
+QUOTE_CHARS = frozenset(
+    "'\"`\u2018\u2019\u201a\u201b\u201c\u201d\u201e\u201f\u00ab\u00bb\u2039\u203a"
+)
+VOWELS = frozenset("aeiou")
+
+SCHEMES = ("gpt2", "char")
 
 
 def token_bytes(ids: range | list[int]) -> list[bytes]:
@@ -129,6 +192,61 @@ def frequency_classes(counts: torch.Tensor) -> dict[str, list[int]]:
     return {"frequent": frequent, "rare": rare}
 
 
+def char_classes(c: str) -> set[str]:
+    """The string classes of one single-character token (see the module table)."""
+    if len(c) != 1:
+        return set()
+    out: set[str] = set()
+    if c.isalpha():
+        if c.islower():
+            out.add("lowercase")
+        elif c.isupper():
+            out.add("uppercase")
+        base = unicodedata.normalize("NFD", c)[0].lower()
+        if "a" <= base <= "z":
+            out.add("vowels" if base in VOWELS else "consonants")
+    if c.isdecimal():
+        out.add("digits")
+    if c == " ":
+        out.add("space")
+    if c in "\n\r":
+        out.add("newline")
+    if c.isspace():
+        out.add("whitespace")
+    category = unicodedata.category(c)
+    if category.startswith("P"):
+        out.add("punctuation")
+    if c in QUOTE_CHARS:
+        out.add("quotes")
+    if category.startswith("S"):
+        out.add("symbols")
+    return out
+
+
+def is_gpt2(tokenizer: Tokenizer | None) -> bool:
+    """None stands for GPT-2 BPE (what a model without a run, as in the tests, is read with)."""
+    return tokenizer is None or isinstance(tokenizer, GPT2Tokenizer)
+
+
+def _texts(tokenizer: Tokenizer, n_vocab: int) -> list[str]:
+    """Each id's decoded text, for a tokenizer other than GPT-2 ("" for end of text)."""
+    return [tokenizer.decode([t]) for t in range(n_vocab)]
+
+
+def class_scheme(tokenizer: Tokenizer | None, n_vocab: int | None = None) -> str:
+    """``gpt2`` (GPT-2 BPE, or any vocabulary with a token longer than one character) or
+    ``char`` (every id decodes to at most one character)."""
+    if is_gpt2(tokenizer):
+        return "gpt2"
+    n = tokenizer.vocab_size if n_vocab is None else min(n_vocab, tokenizer.vocab_size)
+    return "char" if all(len(s) <= 1 for s in _texts(tokenizer, n)) else "gpt2"
+
+
+def class_names(scheme: str) -> tuple[str, ...]:
+    """Every class of a scheme, in the order analysis.json lists them."""
+    return CHAR_CLASS_NAMES if scheme == "char" else CLASS_NAMES
+
+
 @functools.cache
 def _string_members(n_vocab: int) -> dict[str, tuple[int, ...]]:
     members: dict[str, list[int]] = {name: [] for name in STRING_CLASSES}
@@ -138,13 +256,38 @@ def _string_members(n_vocab: int) -> dict[str, tuple[int, ...]]:
     return {name: tuple(ids) for name, ids in members.items()}
 
 
-def classify_vocab(counts: torch.Tensor, n_vocab: int = GPT2_VOCAB_SIZE) -> dict[str, list[int]]:
-    """Class name -> sorted member ids among ``0..n_vocab-1`` (every class, possibly empty)."""
-    members = {name: list(ids) for name, ids in _string_members(n_vocab).items()}
+def _decoded_members(tokenizer: Tokenizer, n_vocab: int) -> dict[str, list[int]]:
+    """String classes of a non-GPT-2 vocabulary, by the rules of its scheme."""
+    scheme = class_scheme(tokenizer, n_vocab)
+    names = CHAR_STRING_CLASSES if scheme == "char" else STRING_CLASSES
+    members: dict[str, list[int]] = {name: [] for name in names}
+    for t, text in enumerate(_texts(tokenizer, n_vocab)):
+        if t == tokenizer.eot_id:
+            continue
+        found = char_classes(text) if scheme == "char" else string_classes(text.encode())
+        for name in found:
+            members[name].append(t)
+    return members
+
+
+def classify_vocab(
+    counts: torch.Tensor, n_vocab: int = GPT2_VOCAB_SIZE, tokenizer: Tokenizer | None = None
+) -> dict[str, list[int]]:
+    """Class name -> sorted member ids among ``0..n_vocab-1`` (every class of the tokenizer's
+    scheme, possibly empty). ``tokenizer`` None: GPT-2 BPE."""
+    if is_gpt2(tokenizer):
+        members = {name: list(ids) for name, ids in _string_members(n_vocab).items()}
+    else:
+        members = _decoded_members(tokenizer, n_vocab)
     members.update(frequency_classes(counts[:n_vocab]))
     return members
 
 
-def token_string(t: int) -> str:
-    """A token's text for display: invalid UTF-8 shown with replacement characters."""
-    return get_tokenizer().decode_single_token_bytes(int(t)).decode("utf-8", errors="replace")
+def token_string(t: int, tokenizer: Tokenizer | None = None) -> str:
+    """A token's text for display, decoded with ``tokenizer`` (None: GPT-2 BPE): invalid UTF-8
+    shown with replacement characters; another tokenizer's end-of-text id as ``<|endoftext|>``."""
+    if is_gpt2(tokenizer):
+        return get_tokenizer().decode_single_token_bytes(int(t)).decode("utf-8", errors="replace")
+    if tokenizer.eot_id is not None and int(t) == tokenizer.eot_id:
+        return EOT_TOKEN
+    return tokenizer.decode([int(t)])

@@ -124,6 +124,18 @@ def _summary_table(heads: list[dict[str, Any]], alpha: float, limit: int = 20) -
     )
 
 
+def _k_note(opts: dict[str, Any]) -> str:
+    """K of each scope, and why when it is not the requested or default one."""
+    used = opts.get("top_used")
+    if not used:
+        return f"K = {opts['top']}"
+    parts = []
+    for scope, u in used.items():
+        why = "" if u["rule"] == "default" or u["rule"].startswith("--top") else f": {u['rule']}"
+        parts.append(f"K = {u['k']} in the {scope} scope{_e(why)}")
+    return "; ".join(parts)
+
+
 def render(result: dict[str, Any], figures: dict[str, bytes], k_show: int = 20) -> str:
     """The report as one HTML string."""
     opts = result["options"]
@@ -149,7 +161,7 @@ def render(result: dict[str, Any], figures: dict[str, bytes], k_show: int = 20) 
         f"({result['scopes']['vocab']['population']} ids).<br>",
         f"Context scope: {ctx['tokens']} tokens of {_e(opts['text'])} in {ctx['windows']} "
         f"windows; {ctx['population']} token ids seen at least {ctx['min_count']} times.<br>",
-        f"K = {opts['top']}, {opts['permutations']} permutations, {opts['null_directions']} "
+        f"{_k_note(opts)}, {opts['permutations']} permutations, {opts['null_directions']} "
         f"random directions, seed {opts['seed']}, alpha = {alpha:g}.</p>",
     ]
     if result.get("baseline"):

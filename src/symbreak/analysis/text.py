@@ -13,6 +13,7 @@ import torch
 from symbreak.analysis.options import DEFAULT_TOKENS
 from symbreak.config import Config
 from symbreak.data import encode, load_data
+from symbreak.data.tokenizer import Tokenizer
 from symbreak.errors import DataError
 
 
@@ -30,8 +31,8 @@ def validation_tokens(cfg: Config, n_tokens: int = DEFAULT_TOKENS) -> torch.Tens
     return rows.reshape(-1)[:n_tokens].to(torch.long)
 
 
-def file_tokens(path: str | Path, n_tokens: int | None = None) -> torch.Tensor:
-    """GPT-2 tokens of a UTF-8 text file (at most ``n_tokens`` when given)."""
+def read_text(path: str | Path) -> str:
+    """A non-empty UTF-8 text file's text, or a one-line error."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -44,7 +45,23 @@ def file_tokens(path: str | Path, n_tokens: int | None = None) -> torch.Tensor:
             f"--text {path} is not UTF-8 (byte {e.start}: {raw[e.start : e.start + 1]!r}); "
             "convert it to UTF-8"
         ) from None
-    ids = encode(text)
+    if not text:
+        raise DataError(f"--text {path} is empty; give a file with some text")
+    return text
+
+
+def file_tokens(
+    path: str | Path,
+    n_tokens: int | None = None,
+    tokenizer: Tokenizer | None = None,
+    text: str | None = None,
+) -> torch.Tensor:
+    """Tokens of a UTF-8 text file (at most ``n_tokens`` when given), encoded with the run's
+    ``tokenizer`` (None: GPT-2 BPE); ``text``: the file's text, when already read."""
+    path = Path(path)
+    if text is None:
+        text = read_text(path)
+    ids = encode(text) if tokenizer is None else tokenizer.encode(text)
     if not ids:
         raise DataError(f"--text {path} is empty; give a file with some text")
     t = torch.tensor(ids, dtype=torch.long)

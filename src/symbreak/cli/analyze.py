@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from symbreak.analysis.options import DEFAULT_TOKENS, Options
+from symbreak.analysis.options import DEFAULT_TOKENS, DEFAULT_TOP, Options
 from symbreak.cli.argtypes import float_range, seed
 
 
@@ -69,7 +69,9 @@ def register(subparsers: Any) -> None:
         type=_positive,
         default=d.top,
         metavar="K",
-        help=f"token ids in each end, amplified and suppressed (default {d.top})",
+        help=f"token ids in each end, amplified and suppressed (default {DEFAULT_TOP}, or a "
+        "fifth of the population when it has fewer than 250 ids, e.g. 17 for 85 characters; "
+        "an explicit K that does not fit twice is an error)",
     )
     p.add_argument(
         "--permutations",
@@ -127,10 +129,10 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from symbreak.analysis.alignment import analyze_run, check_same_shape, populations
+    from symbreak.analysis.alignment import analyze_run, check_same_shape, populations, top_used
     from symbreak.analysis.figures import require_matplotlib
     from symbreak.analysis.output import summary_lines, write_outputs
-    from symbreak.analysis.text import file_tokens, validation_tokens
+    from symbreak.analysis.text import file_tokens, read_text, validation_tokens
     from symbreak.runs import load_run
 
     opts = Options(
@@ -145,24 +147,32 @@ def run(args: argparse.Namespace) -> int:
     )
     opts.check()
     require_matplotlib()
-    tokens = file_tokens(args.text) if args.text is not None else None
+    text = read_text(args.text) if args.text is not None else None
     t0 = time.perf_counter()
     run = load_run(args.run_dir, args.checkpoint, device=args.device)
     baseline = load_run(args.baseline, "latest", device=args.device) if args.baseline else None
     if baseline is not None:
         check_same_shape(run, baseline)
-    if tokens is None:
+    tokenizer = run.tokenizer
+    if text is None:
         tokens = validation_tokens(run.cfg, args.tokens)
         source = f"the validation split of {run.cfg.data.source}"
     else:
+        tokens = file_tokens(args.text, tokenizer=tokenizer, text=text)
         source = str(args.text)
-    populations(tokens, run.cfg.model.vocab_size, opts)  # bad --top etc.: fail before work
+    # bad --top etc.: fail before work
+    n_vocab, ctx_pop = populations(tokens, run.cfg.model.vocab_size, opts, tokenizer)
+    tops = top_used(n_vocab, int(ctx_pop.numel()), opts)
     print(
         f"analyzing {run.run_dir} {run.checkpoint.name} on {tokens.numel():,} tokens "
-        f"({opts.permutations} permutations, {opts.null_directions} random directions)",
+        f"({tokenizer.name} tokenizer, {opts.permutations} permutations, "
+        f"{opts.null_directions} random directions)",
         file=sys.stderr,
         flush=True,
     )
+    for scope, used in tops.items():
+        if used["rule"] != "default" and opts.top is None:
+            print(f"  {scope}: --top {used['k']}, {used['rule']}", file=sys.stderr, flush=True)
 
     def progress(message: str) -> None:
         print(f"  [{time.perf_counter() - t0:6.1f} s] {message}", file=sys.stderr, flush=True)

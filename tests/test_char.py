@@ -1,4 +1,4 @@
-"""Character-level data: the CPU science workhorse (issue: the CPU study)."""
+"""Character-level data: the tokenizer, shakespeare_char, and training and eval on it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One training process per run directory (issue 16): an OS lock, released on any exit."""
+"""One training process per run directory: an OS lock, released on any exit."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Resume bit for bit, signals, and failures that must lose nothing (issue: fault tolerance)."""
+"""Resume bit for bit, signals, and failures that must lose nothing."""
 
 from __future__ import annotations
 

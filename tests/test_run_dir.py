@@ -1,4 +1,4 @@
-"""What training leaves in its run directory, across failures and resumes (issue 16)."""
+"""What training leaves in its run directory, across failures and resumes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""symbreak sweep and report (issue: experiments as one command)."""
+"""``symbreak sweep`` and ``symbreak report``: grids, cells, resumption and statistics."""
 
 from __future__ import annotations
 

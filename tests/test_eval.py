@@ -1,4 +1,4 @@
-"""``eval``, ``compare`` and ``sample`` on tiny run directories built here, plus strict loading."""
+"""``eval``, ``compare`` and ``sample`` on tiny untrained run directories, plus strict loading."""
 
 from __future__ import annotations
 
@@ -334,7 +334,7 @@ def test_generate_stops_at_end_of_text():
 
 
 # --------------------------------------------------------------------------------------------
-# Output paths (issue 16): outputs never overwrite each other; a directory means "inside it"
+# Output paths: outputs never overwrite each other; a directory means "inside it"
 # --------------------------------------------------------------------------------------------
 
 

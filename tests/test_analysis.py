@@ -376,6 +376,7 @@ FAST = ["--tokens", "3000", "--top", "10", "--permutations", "200", "--null-dire
         "--min-count", "3", "--device", "cpu"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_analyze_twice_gives_identical_json_and_a_valid_report(runs, tmp_path, capsys):
     out1, out2 = tmp_path / "one", tmp_path / "two"
     base = ["analyze", str(runs["a"]), *FAST, "--baseline", str(runs["sym"])]

@@ -154,6 +154,7 @@ def test_profile_and_table(result: dict) -> None:
     assert "sb_overhead" in table and "symmetric" in table and prof["top_ops"][0]["name"] in table
 
 
+@pytest.mark.slow
 def test_cli_route(
     one_thread: None, overrides: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -259,6 +259,7 @@ def test_compare_writes_table_json_and_png(runs, tmp_path, capsys):
         cli("compare", runs["a"], "--no-plot")
 
 
+@pytest.mark.slow
 def test_matplotlib_is_imported_only_to_draw():
     code = (
         "import sys, symbreak.cli, symbreak.eval.evaluate; symbreak.cli.build_parser(); "

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -62,6 +63,7 @@ def logprob(gpt: GPT, context: list[int], cont: list[int]) -> float:
     return sum(lp[p, t].item() for p, t in zip(pos, cont, strict=True))
 
 
+@pytest.mark.slow
 def test_harness_accuracy_equals_symbreak_scoring(tmp_path: Path, make_run) -> None:
     import lm_eval
     from lm_eval.api.registry import model_registry

@@ -234,6 +234,7 @@ def noether_rows(run_dir):
     return read_metrics(run_dir / "noether.csv")
 
 
+@pytest.mark.slow
 def test_noether_csv_of_a_resumed_run_equals_an_uninterrupted_one(tmp_path, corpus_cache):
     opt = ["optim.name=ecd", "optim.F0=auto", "sb.q=true", "sb.v=true"]
     tb = importlib.util.find_spec("tensorboard") is not None

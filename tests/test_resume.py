@@ -20,6 +20,8 @@ from symbreak.train.checkpoint import load_model_weights, resolve_checkpoint
 from symbreak.train.metrics import read_metrics
 from symbreak.train.trainer import train
 
+pytestmark = pytest.mark.slow  # every test trains, several in child processes
+
 BASE = ["model.n_layer=2", "model.block_size=32", "train.batch_size=4", "train.eval_tokens=1024",
         "train.log_every=1", "train.eval_every=4", "train.progress=false", "sb.q=true", "sb.v=true"]
 TIMING = ("tok_per_s", "elapsed_s")

@@ -71,6 +71,7 @@ def val_rows(run_dir: Path) -> list[tuple[int, float]]:
         return [(int(r["step"]), float(r["val_loss"])) for r in csv.DictReader(f) if r["val_loss"]]
 
 
+@pytest.mark.slow
 def test_every_cell_trains_and_the_manifest_lists_them(grid_sweep):
     _, sweep_dir = grid_sweep
     manifest = read_manifest(sweep_dir)
@@ -88,6 +89,7 @@ def test_every_cell_trains_and_the_manifest_lists_them(grid_sweep):
     assert cell["config"]["optim"]["lr"] == 0.05 and cell["config"]["sb"]["v_mean"] == 0.5
 
 
+@pytest.mark.slow
 def test_report_reproduces_metrics_and_scipy(grid_sweep, tmp_path):
     _, sweep_dir = grid_sweep
     out = tmp_path / "rep"
@@ -138,6 +140,7 @@ def test_paired_statistics_match_scipy_with_more_seeds():
     assert single["n"] == 1 and math.isnan(single["ci_lo"])
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_cells_and_refuses_identity_changes(grid_sweep, capsys):
     grid, sweep_dir = grid_sweep
     before = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/metrics.csv")}
@@ -202,6 +205,7 @@ def _wait_for_checkpoint(run_dir: Path, timeout: float = 120.0) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_sigkilled_sweep_resumes_to_the_uninterrupted_result(tmp_path, corpus_cache, reference):
     runs = tmp_path / "runs"
     grid = write_grid(tmp_path / "grid.toml", "ref", runs, corpus_cache, LONG, KILL_AXES)
@@ -245,6 +249,7 @@ def _child_of(pid: int) -> int:
     return child
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc")
 def test_submitit_path_requeues_an_interrupted_job(tmp_path, corpus_cache, reference):
     from symbreak.experiments.cluster import submit_jobs, wait_jobs
@@ -287,6 +292,7 @@ def test_bad_grids_fail_with_one_line(tmp_path, corpus_cache, capsys, axes, mess
     assert not (tmp_path / "runs").exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_report_bad_input(grid_sweep, tmp_path, capsys):
     _, sweep_dir = grid_sweep
     # runs on different held-out sets have nothing in common
@@ -312,6 +318,7 @@ def test_report_bad_input(grid_sweep, tmp_path, capsys):
     assert "not a variant" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_over_loose_runs_labels_by_difference(grid_sweep, tmp_path):
     _, sweep_dir = grid_sweep
     runs = [sweep_dir / f"adamw-{v}-seed{s}" for v in ("sym", "bQbV") for s in (0, 1)]
@@ -346,6 +353,7 @@ def test_shipped_grids_parse(capsys):
     assert "nothing was started" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_data_parallel_cells_run_under_torchrun(tmp_path, corpus_cache):
     grid = write_grid(tmp_path / "g.toml", "ddp", tmp_path / "runs", corpus_cache,
                       {"train.max_steps": 2, "train.batch_size": 4}, "[axes.sb]\nsym = {}\n")
@@ -355,6 +363,7 @@ def test_data_parallel_cells_run_under_torchrun(tmp_path, corpus_cache):
     assert "x 2 processes" in log
 
 
+@pytest.mark.slow
 def test_report_eval_runs_the_puzzle_suite_once(grid_sweep, tmp_path, capsys):
     _, sweep_dir = grid_sweep
     run = sweep_dir / "sgdm-sym-seed0"

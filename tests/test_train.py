@@ -33,6 +33,7 @@ def run(tmp_path, cache, *overrides):
     return cfg, train(cfg)
 
 
+@pytest.mark.slow
 def test_thirty_steps_on_the_tiny_preset_lower_the_training_loss(tmp_path, corpus_cache):
     cfg, summary = run(
         tmp_path,
@@ -67,6 +68,7 @@ def test_thirty_steps_on_the_tiny_preset_lower_the_training_loss(tmp_path, corpu
     load_model_weights(model, ckpt)
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_not_overwritten(tmp_path, corpus_cache):
     run(tmp_path, corpus_cache, "train.max_steps=1", "train.name=x")
     before = (tmp_path / "x" / "metrics.csv").read_text()
@@ -96,6 +98,7 @@ def _one_step_params(tmp_path, cache, name, *overrides):
     return model.state_dict()
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_the_full_batch(tmp_path, corpus_cache):
     full = _one_step_params(tmp_path, corpus_cache, "full")
     accum = _one_step_params(tmp_path, corpus_cache, "accum", "train.micro_batch_size=2")
@@ -126,6 +129,7 @@ def test_missing_data_directory_is_a_clear_error(tmp_path, corpus_cache):
         run(tmp_path, corpus_cache, f"data.source={tmp_path / 'nowhere'}", "train.max_steps=1")
 
 
+@pytest.mark.slow
 def test_cli_train_reports_a_data_error_in_one_line(tmp_path):
     proc = subprocess.run(
         [
@@ -145,6 +149,7 @@ def test_cli_train_reports_a_data_error_in_one_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
+@pytest.mark.slow
 def test_ecd_trains_and_the_logged_lr_is_the_applied_one(tmp_path, corpus_cache):
     from symbreak.optim import lr_at
 
@@ -166,6 +171,7 @@ def test_ecd_with_F0_above_the_starting_loss_stops_with_a_clear_error(tmp_path, 
             "model.n_layer=1", "train.name=frozen")
 
 
+@pytest.mark.slow
 def test_ecd_frozen_steps_are_counted_in_the_metrics(tmp_path, corpus_cache):
     # F0 between the final and the starting loss: ECD moves at first, then freezes
     with pytest.warns(RuntimeWarning, match="F0"):
@@ -176,6 +182,7 @@ def test_ecd_frozen_steps_are_counted_in_the_metrics(tmp_path, corpus_cache):
     assert frozen[0] == 0 and frozen[-1] > 0 and frozen == sorted(frozen)
 
 
+@pytest.mark.slow
 def test_tensorboard_sink_writes_the_metrics(tmp_path, corpus_cache):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -193,6 +200,7 @@ def test_wandb_without_the_package_is_a_clear_error(tmp_path, corpus_cache, monk
         run(tmp_path, corpus_cache, "train.max_steps=1", "train.wandb=true", "train.name=wb")
 
 
+@pytest.mark.slow
 def test_bf16_autocast_trains_on_cpu(tmp_path, corpus_cache):
     _, summary = run(tmp_path, corpus_cache, "train.dtype=bf16", "train.max_steps=12",
                      "optim.lr=1e-3", "model.n_layer=1", "train.name=bf16")
@@ -200,6 +208,7 @@ def test_bf16_autocast_trains_on_cpu(tmp_path, corpus_cache):
     assert summary.final_val_loss < summary.initial_val_loss - 0.5
 
 
+@pytest.mark.slow
 def test_bf16_loss_curve_tracks_fp32_over_100_steps(tmp_path, corpus_cache):
     """The condition for bf16 being the CPU default: over 100 steps of the tiny model, every
     logged training loss (mean of 10 steps) and every validation loss of a bf16-autocast run is
@@ -219,6 +228,7 @@ def test_bf16_loss_curve_tracks_fp32_over_100_steps(tmp_path, corpus_cache):
     assert float(curves["bf16"][-1]["train_loss"]) < float(curves["bf16"][1]["train_loss"]) - 2
 
 
+@pytest.mark.slow
 def test_a_failing_compile_trains_eagerly_after_one_warning(tmp_path, corpus_cache, monkeypatch):
     """train.compile=true on a machine where compiling fails (no C++ compiler, say): the run
     warns once and finishes on the eager model."""

@@ -2,19 +2,25 @@
 
 Lanes
 -----
-``slow`` marks every test that trains for more than a few seconds or starts a subprocess (the
-``symbreak`` command in a child process, torchrun, a sweep's cell processes): in practice any test
-that takes more than about 2 s on a 2-core CPU machine. A module whose tests are all slow says so
-once, with ``pytestmark = pytest.mark.slow``; elsewhere the mark sits on each slow test. ``cuda``
-marks the tests that need a GPU; they skip themselves without one.
+``slow`` marks a test that
 
-- ``make test-fast`` (``pytest -q -m "not slow and not cuda"``): the quick lane, about a minute
-  on a 2-core machine; run it after every change.
-- ``make test`` (``pytest -q``): everything, slow tests included (several minutes on a CPU).
-- ``pytest -m slow``: only the slow lane.
+- trains for more than a few seconds, or takes more than about 2 s in all, on a 2-core CPU;
+- needs a fixture that does (a grid sweep shared by a module's report tests); or
+- runs ``symbreak``, torchrun or a sweep in a child process (a short ``python -c`` import probe
+  is not slow).
 
-A new test that trains, or spawns a process, gets the ``slow`` mark; ``pytest --durations=20``
-shows which tests take the time.
+A module whose tests are all slow says so once, with ``pytestmark = pytest.mark.slow``; elsewhere
+the mark sits on each slow test. ``cuda`` marks the tests that need a GPU; they skip themselves
+without one (``benchmarks/gpu_check.sh`` runs them).
+
+- ``make test-fast``, i.e. ``pytest -q -m "not slow and not cuda"``: the quick lane, under a
+  minute on an idle 2-core machine; run it after every change.
+- ``make test``, i.e. ``pytest -q``: everything. On a CPU without native bf16 this takes over
+  20 minutes, most of it the bf16-against-fp32 training comparison.
+- ``pytest -m slow``: the slow lane alone.
+
+A new test that trains or starts a process gets the mark; ``pytest --durations=20`` shows where
+the time goes.
 
 Fixtures
 --------

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from symbreak.cli import main
-from symbreak.data import config_from_dict, load_config, load_data
+from symbreak.data import load_config, load_data
 from symbreak.data.addition import (
     LINE,
     AdditionSpec,
@@ -23,8 +23,6 @@ from symbreak.data.addition import (
 )
 from symbreak.errors import ConfigError
 from symbreak.eval.addition import evaluate_addition
-from symbreak.model import GPT
-from symbreak.train.checkpoint import save_checkpoint
 
 SPEC = AdditionSpec(n_train=3000, n_val=500, reverse=False, seed=3)
 
@@ -124,23 +122,11 @@ def test_eval_scores_an_oracle_and_a_wrong_thousands_digit(reverse: bool) -> Non
     assert r["per_digit"]["units"]["mean"] == r["per_digit"]["hundreds"]["mean"] == 1.0
 
 
-def test_eval_cli_on_an_addition_run(tmp_path: Path, capsys) -> None:
-    cfg = config_from_dict(
-        {
-            "model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 26, "vocab_size": 16},
-            "data": {
-                "source": "addition",
-                "addition_train": 100,
-                "addition_val": 30,
-                "cache_dir": str(tmp_path / "cache"),
-            },
-            "train": {"out_dir": str(tmp_path), "name": "add"},
-        }
-    )
-    run = tmp_path / "add"
-    run.mkdir()
-    (run / "config.toml").write_text(cfg.to_toml())
-    save_checkpoint(run, 1, GPT(cfg.model, cfg.sb), None, {"config": cfg.to_dict()})
+def test_eval_cli_on_an_addition_run(tmp_path: Path, capsys, make_run) -> None:
+    data = {"source": "addition", "addition_train": 100, "addition_val": 30,
+            "cache_dir": str(tmp_path / "cache")}  # fmt: skip
+    model = {"n_embd": 16, "block_size": 26, "vocab_size": 16}
+    run = make_run(tmp_path, "add", model=model, sb={}, data=data, checkpoints=((1, None),)).path
     assert main(["eval", str(run), "--task", "addition", "--problems", "10"]) == 0
     outdir = tmp_path / "out"
     outdir.mkdir()  # an existing directory: the checkpoint's file name inside it

@@ -23,7 +23,6 @@ from symbreak.cli import main
 from symbreak.config import Config
 from symbreak.data import config_from_dict, prepare_texts
 from symbreak.model import GPT
-from symbreak.train.checkpoint import save_checkpoint
 
 SMALL_VOCAB = 1024  # GPT-2 ids < 1024 hold every byte, digits, punctuation and common pieces
 
@@ -357,41 +356,26 @@ def test_windows_cut_at_block_size():
 # --------------------------------------------------------------------------------------------
 
 
-def make_run(root: Path, name: str, data: Path, seed: int, **model) -> Path:
-    cfg = config_from_dict(
-        {
-            "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64, **model},
-            "sb": {"q": seed == 0, "v": True},
-            "data": {"source": str(data)},
-            "train": {"out_dir": str(root), "name": name, "seed": seed},
-        }
-    )
-    run_dir = root / name
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.toml").write_text(cfg.to_toml())
-    torch.manual_seed(seed)
-    save_checkpoint(run_dir, 3, GPT(cfg.model, cfg.sb), None, {"config": cfg.to_dict()})
-    return run_dir
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
+def runs(tmp_path_factory, make_run) -> dict[str, Path]:
+    """Untrained 1-layer runs on a small prepared text: seed 0 has bQ, the others are symmetric."""
     root = tmp_path_factory.mktemp("runs")
     words = "If the cat is 3, then (x) = {y}; given that, assume not all of them. \n"
     text = "".join(f"{words} Item {i % 37}: the {i % 11} dogs ran.\n" for i in range(300))
     prepare_texts([("doc", text)], root / "data", show_progress=False)
-    return {
-        "root": root,
-        "a": make_run(root, "a", root / "data", 0),
-        "sym": make_run(root, "sym", root / "data", 1),
-        "wide": make_run(root, "wide", root / "data", 2, n_embd=64),
-    }
+
+    def run(name: str, seed: int, **model) -> Path:
+        sb = {"q": seed == 0, "v": True}
+        return make_run(root, name, model=model, sb=sb, data=root / "data", seed=seed).path
+
+    return {"root": root, "a": run("a", 0), "sym": run("sym", 1), "wide": run("wide", 2, n_embd=64)}
 
 
 FAST = ["--tokens", "3000", "--top", "10", "--permutations", "200", "--null-directions", "20",
         "--min-count", "3", "--device", "cpu"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_analyze_twice_gives_identical_json_and_a_valid_report(runs, tmp_path, capsys):
     out1, out2 = tmp_path / "one", tmp_path / "two"
     base = ["analyze", str(runs["a"]), *FAST, "--baseline", str(runs["sym"])]

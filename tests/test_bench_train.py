@@ -46,9 +46,8 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def overrides(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    cache = tmp_path_factory.mktemp("cache")  # the loader's corpus, prepared apart from ~/.cache
-    return [*SMALL, f"data.cache_dir={cache}"]
+def overrides(corpus_cache: Path) -> list[str]:
+    return [*SMALL, f"data.cache_dir={corpus_cache}"]
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +154,7 @@ def test_profile_and_table(result: dict) -> None:
     assert "sb_overhead" in table and "symmetric" in table and prof["top_ops"][0]["name"] in table
 
 
+@pytest.mark.slow
 def test_cli_route(
     one_thread: None, overrides: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,4 +1,4 @@
-"""Character-level data: the CPU science workhorse (issue: the CPU study)."""
+"""Character-level data: the tokenizer, shakespeare_char, and training and eval on it."""
 
 from __future__ import annotations
 
@@ -10,11 +10,6 @@ from symbreak.cli import main
 from symbreak.data import CharTokenizer, load_config, load_data, tokenizer_from_meta
 from symbreak.data.corpus import cached_shakespeare
 from symbreak.errors import DataError
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
 
 
 def test_char_tokenizer_round_trip_and_clear_errors():
@@ -31,9 +26,10 @@ def test_char_tokenizer_round_trip_and_clear_errors():
         tokenizer_from_meta({"tokenizer": "sentencepiece"})
 
 
-def test_shakespeare_char_is_split_by_work_like_the_gpt2_version(cache):
-    char = json.loads((cached_shakespeare(cache, tokenizer="char") / "meta.json").read_text())
-    bpe = json.loads((cached_shakespeare(cache) / "meta.json").read_text())
+def test_shakespeare_char_is_split_by_work_like_the_gpt2_version(corpus_cache):
+    char_dir = cached_shakespeare(corpus_cache, tokenizer="char")
+    char = json.loads((char_dir / "meta.json").read_text())
+    bpe = json.loads((cached_shakespeare(corpus_cache) / "meta.json").read_text())
     assert char["documents"] == bpe["documents"] and char["characters"] == bpe["characters"]
     assert char["tokenizer"] == "char" and char["vocab_size"] == len(char["vocab"]) + 1
     # one token per character plus one end-of-text per document
@@ -41,16 +37,17 @@ def test_shakespeare_char_is_split_by_work_like_the_gpt2_version(cache):
         assert char["tokens"][split] == char["characters"][split] + len(char["documents"][split])
 
 
-def test_vocab_size_follows_the_data_and_a_mismatch_names_both(cache):
-    cfg = load_config(overrides=["data.source=shakespeare_char", f"data.cache_dir={cache}"])
-    meta = json.loads((cached_shakespeare(cache, tokenizer="char") / "meta.json").read_text())
+def test_vocab_size_follows_the_data_and_a_mismatch_names_both(corpus_cache):
+    cfg = load_config(overrides=["data.source=shakespeare_char", f"data.cache_dir={corpus_cache}"])
+    char_dir = cached_shakespeare(corpus_cache, tokenizer="char")
+    meta = json.loads((char_dir / "meta.json").read_text())
     assert cfg.model.vocab_size == meta["vocab_size"] < 200
-    assert load_config(overrides=[f"data.cache_dir={cache}"]).model.vocab_size == 50304
+    assert load_config(overrides=[f"data.cache_dir={corpus_cache}"]).model.vocab_size == 50304
     with pytest.raises(DataError, match=r"model.vocab_size=50304 .* has \d+ ids"):
-        load_data("shakespeare_char", 32, 50304, cache_dir=cache)
+        load_data("shakespeare_char", 32, 50304, cache_dir=corpus_cache)
 
 
-def test_prepare_char_then_train_sample_and_eval(tmp_path, cache, capsys):
+def test_prepare_char_then_train_sample_and_eval(tmp_path, corpus_cache, capsys):
     text = tmp_path / "text"
     text.mkdir()
     for i in range(4):

@@ -112,6 +112,7 @@ def test_every_key_is_documented_in_the_configuration_page():
     assert not missing, f"docs/reference/configuration.md lacks {missing}"
 
 
+@pytest.mark.slow
 def test_cli_config_error_is_one_line_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "symbreak", "train", "model.n_head=5", f"train.out_dir={tmp_path}"],
@@ -150,6 +151,7 @@ def test_loss_kernel_setting_is_checked():
         load_config(overrides=["train.loss_kernel=triton"])
 
 
+@pytest.mark.slow
 def test_the_cli_and_the_model_start_without_torch_dynamo():
     """`symbreak --help` imports no torch at all, and importing the model does not pull in
     torch._dynamo (about 1 s): both are loaded only by commands that use them."""

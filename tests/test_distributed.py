@@ -7,12 +7,15 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
 import torch
 
 from symbreak.config import Config
 from symbreak.model import GPT
 from symbreak.train.checkpoint import load_model_weights, read_state, resolve_checkpoint
 from symbreak.train.metrics import read_metrics
+
+pytestmark = pytest.mark.slow  # torchrun and the symbreak command in child processes
 
 COMMON = ["model.n_layer=2", "model.block_size=32", "train.batch_size=4", "train.max_steps=3",
           "train.eval_tokens=1024", "train.log_every=1", "train.progress=false", "sb.q=true",

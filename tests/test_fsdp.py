@@ -50,6 +50,7 @@ def _params(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_run(run_dir, device="cpu").model.state_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opt", ["adamw", "ecd"])
 def test_fsdp_two_ranks_equal_one_process(tmp_path, opt):
     """Same global batch (4 = 2 ranks x 2 micro-batches of 1, and 4 micro-batches of 1): the
@@ -107,6 +108,7 @@ def _kill_run(*marks: str) -> None:
                 os.kill(int(cmdline.parent.name), signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_fsdp_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     extra = [*OPTIMS["ecd"], "train.max_steps=12", "train.checkpoint_every=4",
              "train.parallel=fsdp"]  # fmt: skip
@@ -139,6 +141,7 @@ def test_fsdp_refuses_what_it_cannot_shard():
         load_config(None, ["train.parallel=zero3"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("projection", "weight_decay"), [("global", 0.1), ("per_tensor", 0.0)])
 def test_sharded_ecd_is_the_single_process_maths_in_float64(projection, weight_decay):
     """The global sums (|g|^2, <p, G>, |p|^2, |theta|^2, the noise norm) reduced over the shards
@@ -156,6 +159,7 @@ def test_sharded_ecd_is_the_single_process_maths_in_float64(projection, weight_d
     assert worst < 1e-12, worst
 
 
+@pytest.mark.slow
 def test_fsdp_in_one_process_says_it_has_nothing_to_shard(tmp_path):
     from symbreak.train.trainer import train
 

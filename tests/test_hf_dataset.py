@@ -1,4 +1,4 @@
-"""prepare --hf-dataset, offline, on a local dataset written by the test (issue: CPU study)."""
+"""prepare --hf-dataset, offline, on a local dataset written by the test."""
 
 from __future__ import annotations
 

@@ -11,37 +11,31 @@ import pytest
 import torch
 
 from symbreak.cli import main
-from symbreak.data import GPT2_VOCAB_SIZE, config_from_dict, encode
+from symbreak.data import GPT2_VOCAB_SIZE, encode
 from symbreak.errors import SymbreakError
 from symbreak.integrations.export import export_hf
 from symbreak.model import GPT
-from symbreak.train.checkpoint import save_checkpoint
 
 # Offline, and remote code copied into a private directory instead of ~/.cache.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="symbreak-hf-modules-"))
 
 
-def make_run(root: Path, name: str, model: dict, sb: dict, seed: int = 0) -> tuple[Path, GPT]:
-    """A tiny run directory whose every weight (biases, LayerNorms, slopes, learned sb) is
-    random, so a wrong mapping cannot hide behind zeros or ones."""
-    cfg = config_from_dict(
-        {
-            "model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16, **model},
-            "sb": sb,
-            "train": {"out_dir": str(root), "name": name, "seed": seed},
-        }
-    )
-    run_dir = root / name
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.toml").write_text(cfg.to_toml())
-    torch.manual_seed(seed)
-    gpt = GPT(cfg.model, cfg.sb)
-    with torch.no_grad():
-        for p in gpt.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    save_checkpoint(run_dir, 3, gpt, None, {"val_loss": 5.0, "config": cfg.to_dict()})
-    return run_dir, gpt.eval()
+SIZE = {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16}
+
+
+@pytest.fixture
+def random_run(tmp_path: Path, make_run):
+    """``random_run(name, model, sb)``: a tiny run directory and its model, every weight
+    (biases, LayerNorms, slopes, learned sb) random, so a wrong mapping cannot hide behind zeros
+    or ones."""
+
+    def build(name: str, model: dict, sb: dict) -> tuple[Path, GPT]:
+        run = make_run(tmp_path, name, model={**SIZE, **model}, sb=sb,
+                       checkpoints=((3, 5.0),), noise=0.3)  # fmt: skip
+        return run.path, run.model
+
+    return build
 
 
 def load_export(out: Path) -> torch.nn.Module:
@@ -66,9 +60,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_export_logits_equal_symbreak(tmp_path: Path, case: str) -> None:
+def test_export_logits_equal_symbreak(tmp_path: Path, case: str, random_run) -> None:
     model_kw, sb = CASES[case]
-    run_dir, gpt = make_run(tmp_path, case, model_kw, sb)
+    run_dir, gpt = random_run(case, model_kw, sb)
     res = export_hf(run_dir, tmp_path / "hf")
     hf = load_export(res.out)
     is_gelu = model_kw.get("activation") == "gelu"
@@ -83,8 +77,8 @@ def test_export_logits_equal_symbreak(tmp_path: Path, case: str) -> None:
     assert meta["step"] == 3 and meta["folded_biases"] == res.folded
 
 
-def test_export_sb_eval_zero_drops_the_biases(tmp_path: Path) -> None:
-    run_dir, gpt = make_run(tmp_path, "z", {"activation": "gelu"}, {"q": True, "v": True})
+def test_export_sb_eval_zero_drops_the_biases(tmp_path: Path, random_run) -> None:
+    run_dir, gpt = random_run("z", {"activation": "gelu"}, {"q": True, "v": True})
     hf = load_export(export_hf(run_dir, tmp_path / "hf", sb_eval="zero").out)
     idx = torch.randint(0, GPT2_VOCAB_SIZE, (2, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -97,10 +91,10 @@ def test_export_sb_eval_zero_drops_the_biases(tmp_path: Path) -> None:
     assert (theirs - with_mean).abs().max() > 1e-3  # the folded biases do matter
 
 
-def test_export_generate_and_tokenizer(tmp_path: Path) -> None:
+def test_export_generate_and_tokenizer(tmp_path: Path, random_run) -> None:
     from transformers import AutoTokenizer
 
-    run_dir, gpt = make_run(tmp_path, "r", {}, {"q": True, "v": True})
+    run_dir, gpt = random_run("r", {}, {"q": True, "v": True})
     assert main(["export", str(run_dir), "--out", str(tmp_path / "hf")]) == 0
     plain = tmp_path / "plain"
     plain.write_text("")
@@ -124,8 +118,8 @@ def test_export_generate_and_tokenizer(tmp_path: Path) -> None:
     assert torch.equal(out, ids)
 
 
-def test_export_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run_dir, _ = make_run(tmp_path, "s", {}, {"q": True, "eval": "sample"})
+def test_export_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str], random_run) -> None:
+    run_dir, _ = random_run("s", {}, {"q": True, "eval": "sample"})
     with pytest.raises(SymbreakError, match="--sb-eval mean"):
         export_hf(run_dir, tmp_path / "a")
     assert not (tmp_path / "a").exists()
@@ -133,7 +127,7 @@ def test_export_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     argv = ["export", str(run_dir), "--out", str(tmp_path / "a"), "--sb-eval", "mean"]
     assert main(argv) == 2  # --out is not empty
     assert "already exists" in capsys.readouterr().err
-    char_run, _ = make_run(tmp_path, "c", {"vocab_size": 65}, {})
+    char_run, _ = random_run("c", {"vocab_size": 65}, {})
     assert main(["export", str(char_run), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "GPT-2's BPE" in err and err.count("\n") == 1

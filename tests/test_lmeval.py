@@ -8,14 +8,14 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from symbreak.data import EOT_ID, config_from_dict, encode
+from symbreak.data import EOT_ID, encode
 from symbreak.eval.sample import generate
 from symbreak.eval.scoring import mask_padding
 from symbreak.model import GPT
-from symbreak.train.checkpoint import save_checkpoint
 
 # Before lm_eval / datasets are imported (inside the tests): offline, caches in a temp dir.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -46,24 +46,12 @@ metric_list:
 """
 
 
-def make_run(root: Path) -> tuple[Path, GPT]:
-    cfg = config_from_dict(
-        {
-            "model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16},
-            "sb": {"q": True, "v": True},
-            "train": {"out_dir": str(root), "name": "r"},
-        }
-    )
-    run_dir = root / "r"
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.toml").write_text(cfg.to_toml())
-    torch.manual_seed(0)
-    gpt = GPT(cfg.model, cfg.sb)
-    with torch.no_grad():
-        for p in gpt.parameters():
-            p.add_(0.5 * torch.randn_like(p))
-    save_checkpoint(run_dir, 1, gpt, None, {"config": cfg.to_dict()})
-    return run_dir, gpt.eval()
+# A 2-layer run, every weight random (make_run's noise), one checkpoint at step 1.
+RUN = {
+    "model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16},
+    "checkpoints": ((1, None),),
+    "noise": 0.5,
+}
 
 
 @torch.no_grad()
@@ -75,7 +63,8 @@ def logprob(gpt: GPT, context: list[int], cont: list[int]) -> float:
     return sum(lp[p, t].item() for p, t in zip(pos, cont, strict=True))
 
 
-def test_harness_accuracy_equals_symbreak_scoring(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_harness_accuracy_equals_symbreak_scoring(tmp_path: Path, make_run) -> None:
     import lm_eval
     from lm_eval.api.registry import model_registry
     from lm_eval.tasks import TaskManager
@@ -84,7 +73,7 @@ def test_harness_accuracy_equals_symbreak_scoring(tmp_path: Path) -> None:
 
     assert "symbreak" in model_registry and "hf" in model_registry  # lm-eval's own kept
 
-    run_dir, gpt = make_run(tmp_path)
+    run_dir, gpt, _ = make_run(tmp_path, **RUN)
     data = tmp_path / "items.jsonl"
     data.write_text("".join(json.dumps(it) + "\n" for it in ITEMS))
     (tmp_path / "task").mkdir()
@@ -104,10 +93,10 @@ def test_harness_accuracy_equals_symbreak_scoring(tmp_path: Path) -> None:
     assert acc == sum(correct) / len(ITEMS)
 
 
-def test_rolling_generation_and_truncation(tmp_path: Path) -> None:
+def test_rolling_generation_and_truncation(tmp_path: Path, make_run) -> None:
     from symbreak.integrations.lmeval import SymbreakLM
 
-    run_dir, gpt = make_run(tmp_path)
+    run_dir, gpt, _ = make_run(tmp_path, **RUN)
     lm = SymbreakLM(run=str(run_dir), batch_size=2)
     short, long = "To be, or not to be", "All the world's a stage, and all the men " * 3
     rolled = lm.loglikelihood_rolling(

@@ -1,4 +1,4 @@
-"""One training process per run directory (issue 16): an OS lock, released on any exit."""
+"""One training process per run directory: an OS lock, released on any exit."""
 
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ def test_the_lock_survives_its_directory_being_recreated(tmp_path):
         assert (run_dir / ".lock").is_file() and is_locked(run_dir)
 
 
+@pytest.mark.slow
 def test_cli_train_on_a_locked_run_exits_nonzero_naming_the_holder(tmp_path):
     run_dir = tmp_path / "x"
     child = _holder(run_dir)
@@ -77,6 +78,7 @@ def test_cli_train_on_a_locked_run_exits_nonzero_naming_the_holder(tmp_path):
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # nothing touched
 
 
+@pytest.mark.slow
 def test_a_second_torchrun_job_stops_on_every_rank_instead_of_hanging(tmp_path):
     child = _holder(tmp_path / "two")
     try:

@@ -65,6 +65,7 @@ def fresh_kernels(monkeypatch):
     monkeypatch.setattr(loss_mod, "_compiled", {})
 
 
+@pytest.mark.slow
 def test_compiled_kernel_matches_the_plain_path_in_float64():
     # One compile (float64, with gradients) serves every chunk height: chunks of 16 leave a
     # last chunk of 5 rows.
@@ -80,6 +81,7 @@ def test_compiled_kernel_matches_the_plain_path_in_float64():
     assert torch.allclose(gw, gw_ref, atol=1e-12, rtol=0)
 
 
+@pytest.mark.slow
 def test_compiled_kernel_tracks_the_eager_one_in_bf16():
     h, w, y = _inputs(n=70, c=16, v=300)
     h32, w32 = h.detach().float().requires_grad_(), w.detach().float().requires_grad_()

@@ -220,11 +220,6 @@ RUN = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size
        "train.progress=false", "train.dtype=fp32", "train.log_noether=true"]
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
 def run_train(out, cache, name, *extra):
     from symbreak.train.trainer import train as train_run
 
@@ -239,16 +234,17 @@ def noether_rows(run_dir):
     return read_metrics(run_dir / "noether.csv")
 
 
-def test_noether_csv_of_a_resumed_run_equals_an_uninterrupted_one(tmp_path, cache_dir):
+@pytest.mark.slow
+def test_noether_csv_of_a_resumed_run_equals_an_uninterrupted_one(tmp_path, corpus_cache):
     opt = ["optim.name=ecd", "optim.F0=auto", "sb.q=true", "sb.v=true"]
     tb = importlib.util.find_spec("tensorboard") is not None
-    run_train(tmp_path, cache_dir, "full", "train.max_steps=6", f"train.tensorboard={tb}".lower(),
-              *opt)
-    run_train(tmp_path, cache_dir, "split", "train.max_steps=4", *opt)
+    tensorboard = f"train.tensorboard={tb}".lower()
+    run_train(tmp_path, corpus_cache, "full", "train.max_steps=6", tensorboard, *opt)
+    run_train(tmp_path, corpus_cache, "split", "train.max_steps=4", *opt)
     split = tmp_path / "split" / "noether.csv"
     with open(split, "a") as f:  # rows of a session that died after its checkpoint at step 4
         f.write("5,0,0,qk,1,1\n5,0,0,vo,1")
-    run_train(tmp_path, cache_dir, "split", "train.max_steps=6", *opt)
+    run_train(tmp_path, corpus_cache, "split", "train.max_steps=6", *opt)
     full = noether_rows(tmp_path / "full")
     assert noether_rows(tmp_path / "split") == full
     assert [r["step"] for r in full[:: 2 * 2 * 2]] == ["2", "4", "6"]  # log_every=2, 2x2x2 rows
@@ -266,10 +262,10 @@ def test_noether_csv_of_a_resumed_run_equals_an_uninterrupted_one(tmp_path, cach
         assert event.step == 2 and event.value == pytest.approx(float(row["charge"]), rel=1e-5)
 
 
-def test_log_noether_without_momentum_or_qkv_bias_logs_zeros_with_a_note(tmp_path, cache_dir):
+def test_log_noether_without_momentum_or_qkv_bias_logs_zeros_with_a_note(tmp_path, corpus_cache):
     # plain SGD (momentum 0) keeps no buffer; model.bias=false drops the c_* terms
     with pytest.warns(RuntimeWarning, match="logged as 0"):
-        run_train(tmp_path, cache_dir, "plain", "train.max_steps=2", "optim.name=sgdm",
+        run_train(tmp_path, corpus_cache, "plain", "train.max_steps=2", "optim.name=sgdm",
                   "optim.momentum=0.0", "optim.nesterov=false", "model.bias=false")
     rows = noether_rows(tmp_path / "plain")
     assert len(rows) == 2 * 2 * 2 and all(float(r["charge"]) == 0.0 for r in rows)

@@ -12,9 +12,7 @@ from symbreak.analysis.permutation import permutation_test
 from symbreak.analysis.position import adjacency_score, probe_layer, probe_positions, ridge
 from symbreak.analysis.sources import init_model, random_init_control
 from symbreak.cli import main
-from symbreak.data import config_from_dict, prepare_texts
-from symbreak.model import GPT
-from symbreak.train.checkpoint import save_checkpoint
+from symbreak.data import prepare_texts
 
 SMALL = ["model.n_head=2", "model.n_embd=16", "model.block_size=8", "model.vocab_size=31"]
 
@@ -128,22 +126,11 @@ def test_permutation_cli_prints_the_table(capsys, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory, make_run) -> Path:
     """A run directory of a fresh 1-layer learned-PE model, with held-out text to read."""
     root = tmp_path_factory.mktemp("probe_runs")
     prepare_texts([("doc", "The cat sat on the mat. " * 300)], root / "data", show_progress=False)
-    cfg = config_from_dict(
-        {
-            "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16},
-            "data": {"source": str(root / "data")},
-            "train": {"out_dir": str(root), "name": "r"},
-        }
-    )
-    (root / "r").mkdir()
-    (root / "r" / "config.toml").write_text(cfg.to_toml())
-    torch.manual_seed(0)
-    save_checkpoint(root / "r", 3, GPT(cfg.model, cfg.sb), None, {"config": cfg.to_dict()})
-    return root / "r"
+    return make_run(root, "r", model={"block_size": 16}, sb={}, data=root / "data").path
 
 
 def test_position_cli_on_a_run_writes_json_and_pngs(run_dir: Path, tmp_path: Path, capsys):

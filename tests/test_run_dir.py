@@ -1,4 +1,4 @@
-"""What training leaves in its run directory, across failures and resumes (issue 16)."""
+"""What training leaves in its run directory, across failures and resumes."""
 
 from __future__ import annotations
 
@@ -184,6 +184,7 @@ def test_plain_progress_lines_when_not_on_a_terminal(tmp_path, shards, capsys):
     assert [ln.split()[2] for ln in lines] == ["2/4", "4/4"] and "loss=" in lines[-1]
 
 
+@pytest.mark.slow
 def test_a_real_file_size_limit_while_checkpointing_is_one_error_line(tmp_path, shards):
     """Not a mock: the kernel refuses the write (RLIMIT_FSIZE, SIGXFSZ ignored -> EFBIG)."""
     run(tmp_path, shards, "d", "train.max_steps=2")

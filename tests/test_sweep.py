@@ -1,4 +1,4 @@
-"""symbreak sweep and report (issue: experiments as one command)."""
+"""``symbreak sweep`` and ``symbreak report``: grids, cells, resumption and statistics."""
 
 from __future__ import annotations
 
@@ -57,15 +57,10 @@ bQbV = { "sb.q" = true, "sb.v" = true, "sb.v_mean" = 0.5 }
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def grid_sweep(tmp_path_factory, cache):
+def grid_sweep(tmp_path_factory, corpus_cache):
     """2 optimizers x 2 variants x 2 seeds of tiny 4-step runs, trained by `symbreak sweep`."""
     root = tmp_path_factory.mktemp("grid")
-    grid = write_grid(root / "grid.toml", "g", root / "runs", cache,
+    grid = write_grid(root / "grid.toml", "g", root / "runs", corpus_cache,
                       {"train.max_steps": 4, "train.eval_every": 2}, GRID_AXES)
     assert main(["sweep", str(grid), "--jobs", "2"]) == 0
     return grid, root / "runs" / "g"
@@ -76,6 +71,7 @@ def val_rows(run_dir: Path) -> list[tuple[int, float]]:
         return [(int(r["step"]), float(r["val_loss"])) for r in csv.DictReader(f) if r["val_loss"]]
 
 
+@pytest.mark.slow
 def test_every_cell_trains_and_the_manifest_lists_them(grid_sweep):
     _, sweep_dir = grid_sweep
     manifest = read_manifest(sweep_dir)
@@ -93,6 +89,7 @@ def test_every_cell_trains_and_the_manifest_lists_them(grid_sweep):
     assert cell["config"]["optim"]["lr"] == 0.05 and cell["config"]["sb"]["v_mean"] == 0.5
 
 
+@pytest.mark.slow
 def test_report_reproduces_metrics_and_scipy(grid_sweep, tmp_path):
     _, sweep_dir = grid_sweep
     out = tmp_path / "rep"
@@ -143,6 +140,7 @@ def test_paired_statistics_match_scipy_with_more_seeds():
     assert single["n"] == 1 and math.isnan(single["ci_lo"])
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_cells_and_refuses_identity_changes(grid_sweep, capsys):
     grid, sweep_dir = grid_sweep
     before = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/metrics.csv")}
@@ -180,10 +178,10 @@ LONG = {"train.max_steps": 150, "train.eval_every": 50, "train.checkpoint_every"
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, cache):
+def reference(tmp_path_factory, corpus_cache):
     """The uninterrupted sweep that the interrupted ones must equal bit for bit."""
     root = tmp_path_factory.mktemp("ref")
-    grid = write_grid(root / "grid.toml", "ref", root / "runs", cache, LONG, KILL_AXES)
+    grid = write_grid(root / "grid.toml", "ref", root / "runs", corpus_cache, LONG, KILL_AXES)
     assert _sweep_proc(grid).wait() == 0
     return root / "runs" / "ref"
 
@@ -207,9 +205,11 @@ def _wait_for_checkpoint(run_dir: Path, timeout: float = 120.0) -> None:
         time.sleep(0.01)
 
 
-def test_sigkilled_sweep_resumes_to_the_uninterrupted_result(tmp_path, cache, reference):
-    grid = write_grid(tmp_path / "grid.toml", "ref", tmp_path / "runs", cache, LONG, KILL_AXES)
-    sweep_dir = tmp_path / "runs" / "ref"
+@pytest.mark.slow
+def test_sigkilled_sweep_resumes_to_the_uninterrupted_result(tmp_path, corpus_cache, reference):
+    runs = tmp_path / "runs"
+    grid = write_grid(tmp_path / "grid.toml", "ref", runs, corpus_cache, LONG, KILL_AXES)
+    sweep_dir = runs / "ref"
     proc = _sweep_proc(grid)
     _wait_for_checkpoint(sweep_dir / "sym")
     proc.send_signal(signal.SIGKILL)
@@ -249,11 +249,12 @@ def _child_of(pid: int) -> int:
     return child
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc")
-def test_submitit_path_requeues_an_interrupted_job(tmp_path, cache, reference):
+def test_submitit_path_requeues_an_interrupted_job(tmp_path, corpus_cache, reference):
     from symbreak.experiments.cluster import submit_jobs, wait_jobs
 
-    grid_path = write_grid(tmp_path / "grid.toml", "ref", tmp_path / "runs", cache, LONG,
+    grid_path = write_grid(tmp_path / "grid.toml", "ref", tmp_path / "runs", corpus_cache, LONG,
                            KILL_AXES.replace('bQbV = { "sb.q" = true, "sb.v" = true }', ""))
     grid = load_grid(grid_path)
     cells = grid.cells()
@@ -283,14 +284,15 @@ BAD = [
 
 
 @pytest.mark.parametrize(("axes", "message"), BAD)
-def test_bad_grids_fail_with_one_line(tmp_path, cache, capsys, axes, message):
-    grid = write_grid(tmp_path / "grid.toml", "bad", tmp_path / "runs", cache, {}, axes)
+def test_bad_grids_fail_with_one_line(tmp_path, corpus_cache, capsys, axes, message):
+    grid = write_grid(tmp_path / "grid.toml", "bad", tmp_path / "runs", corpus_cache, {}, axes)
     assert main(["sweep", str(grid)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "runs").exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_report_bad_input(grid_sweep, tmp_path, capsys):
     _, sweep_dir = grid_sweep
     # runs on different held-out sets have nothing in common
@@ -316,6 +318,7 @@ def test_report_bad_input(grid_sweep, tmp_path, capsys):
     assert "not a variant" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_over_loose_runs_labels_by_difference(grid_sweep, tmp_path):
     _, sweep_dir = grid_sweep
     runs = [sweep_dir / f"adamw-{v}-seed{s}" for v in ("sym", "bQbV") for s in (0, 1)]
@@ -326,8 +329,8 @@ def test_report_over_loose_runs_labels_by_difference(grid_sweep, tmp_path):
     assert data["baseline"] == "sym" and len(data["differences"]) == 1
 
 
-def test_grid_errors_are_experiment_errors(tmp_path, cache):
-    grid = write_grid(tmp_path / "g.toml", "x", tmp_path / "r", cache, {},
+def test_grid_errors_are_experiment_errors(tmp_path, corpus_cache):
+    grid = write_grid(tmp_path / "g.toml", "x", tmp_path / "r", corpus_cache, {},
                       '[axes.a]\nx = { "optim.lr" = 1.0 }\n[axes.b]\nx = {}\n')
     g = load_grid(grid)  # same variant name on two axes: names stay unique
     assert [c.name for c in g.cells()] == ["x-x"]
@@ -350,8 +353,9 @@ def test_shipped_grids_parse(capsys):
     assert "nothing was started" in capsys.readouterr().out
 
 
-def test_data_parallel_cells_run_under_torchrun(tmp_path, cache):
-    grid = write_grid(tmp_path / "g.toml", "ddp", tmp_path / "runs", cache,
+@pytest.mark.slow
+def test_data_parallel_cells_run_under_torchrun(tmp_path, corpus_cache):
+    grid = write_grid(tmp_path / "g.toml", "ddp", tmp_path / "runs", corpus_cache,
                       {"train.max_steps": 2, "train.batch_size": 4}, "[axes.sb]\nsym = {}\n")
     grid.write_text(grid.read_text().replace('out_dir = ', 'procs_per_cell = 2\nout_dir = '))
     assert main(["sweep", str(grid)]) == 0
@@ -359,6 +363,7 @@ def test_data_parallel_cells_run_under_torchrun(tmp_path, cache):
     assert "x 2 processes" in log
 
 
+@pytest.mark.slow
 def test_report_eval_runs_the_puzzle_suite_once(grid_sweep, tmp_path, capsys):
     _, sweep_dir = grid_sweep
     run = sweep_dir / "sgdm-sym-seed0"

@@ -1,4 +1,4 @@
-"""``eval``, ``compare`` and ``sample`` on tiny run directories built here, plus strict loading."""
+"""``eval``, ``compare`` and ``sample`` on tiny untrained run directories, plus strict loading."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from symbreak.cli import build_parser
 from symbreak.data import (
     EOT_ID,
     GPT2_VOCAB_SIZE,
-    config_from_dict,
     load_data,
     prepare_texts,
     val_batches,
@@ -25,9 +24,7 @@ from symbreak.data import (
 from symbreak.errors import CheckpointError, DataError, SymbreakError
 from symbreak.eval.puzzles import CATEGORIES, ENTITIES
 from symbreak.eval.sample import generate
-from symbreak.model import GPT
 from symbreak.runs import load_run
-from symbreak.train.checkpoint import save_checkpoint
 from symbreak.train.validation import evaluate_loss
 
 
@@ -36,41 +33,19 @@ def cli(*argv: object) -> int:
     return args.func(args)
 
 
-def make_run(root: Path, name: str, seed: int, data: Path, steps=((5, 7.0),)) -> Path:
-    """A 1-layer GPT run directory: config.toml plus checkpoints (step, recorded val_loss)."""
-    cfg = config_from_dict(
-        {
-            "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64},
-            "sb": {"q": True, "v": True},
-            "data": {"source": str(data)},
-            "train": {
-                "out_dir": str(root),
-                "name": name,
-                "seed": seed,
-                "eval_tokens": 300,
-                "batch_size": 2,
-            },
-        }
-    )
-    run_dir = root / name
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.toml").write_text(cfg.to_toml())
-    torch.manual_seed(seed)
-    model = GPT(cfg.model, cfg.sb)
-    for step, val in steps:
-        save_checkpoint(run_dir, step, model, None, {"val_loss": val, "config": cfg.to_dict()})
-    return run_dir
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
+def runs(tmp_path_factory, make_run) -> dict[str, Path]:
+    """Untrained 1-layer runs: "a" with checkpoints at steps 5, 10, 15 (recorded val_loss 7.0,
+    6.5, 6.8), "b" with one at step 5 (7.0)."""
     root = tmp_path_factory.mktemp("runs")
     text = " ".join(f"The {e} is here." for e in ENTITIES) * 20
     prepare_texts([("doc", text)], root / "data", show_progress=False)
+    train = {"eval_tokens": 300, "batch_size": 2}
+    a_steps, b_steps = ((5, 7.0), (10, 6.5), (15, 6.8)), ((5, 7.0),)
     return {
         "data": root / "data",
-        "a": make_run(root, "a", 0, root / "data", steps=((5, 7.0), (10, 6.5), (15, 6.8))),
-        "b": make_run(root, "b", 1, root / "data"),
+        "a": make_run(root, "a", data=root / "data", train=train, checkpoints=a_steps).path,
+        "b": make_run(root, "b", data=root / "data", train=train, seed=1, checkpoints=b_steps).path,
     }
 
 
@@ -284,6 +259,7 @@ def test_compare_writes_table_json_and_png(runs, tmp_path, capsys):
         cli("compare", runs["a"], "--no-plot")
 
 
+@pytest.mark.slow
 def test_matplotlib_is_imported_only_to_draw():
     code = (
         "import sys, symbreak.cli, symbreak.eval.evaluate; symbreak.cli.build_parser(); "
@@ -359,7 +335,7 @@ def test_generate_stops_at_end_of_text():
 
 
 # --------------------------------------------------------------------------------------------
-# Output paths (issue 16): outputs never overwrite each other; a directory means "inside it"
+# Output paths: outputs never overwrite each other; a directory means "inside it"
 # --------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Bad input from a new user ends in one clear line naming the right thing (issue 16)."""
+"""Bad input from a new user ends in one clear line naming the right thing."""
 
 from __future__ import annotations
 

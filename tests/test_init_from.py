@@ -15,7 +15,7 @@ from symbreak.data import config_from_dict, load_config, prepare_texts
 from symbreak.errors import CheckpointError
 from symbreak.integrations.export import export_hf
 from symbreak.model import GPT
-from symbreak.train.checkpoint import load_model_weights, resolve_checkpoint, save_checkpoint
+from symbreak.train.checkpoint import load_model_weights, resolve_checkpoint
 from symbreak.train.init_from import init_model_from
 from symbreak.train.trainer import train
 
@@ -91,22 +91,15 @@ def test_refusals_name_the_problem(tmp_path: Path) -> None:
         init_model_from(sb_model(), tmp_path / "nowhere")
 
 
-def test_from_a_symbreak_run_and_from_a_prelu_export(tmp_path: Path) -> None:
-    cfg = config_from_dict(
-        {
-            "model": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16},
-            "sb": {"q": True, "v": True, "mode": "learned"},
-            "train": {"out_dir": str(tmp_path), "name": "src"},
-        }
+def test_from_a_symbreak_run_and_from_a_prelu_export(tmp_path: Path, make_run) -> None:
+    run_dir, src, cfg = make_run(
+        tmp_path,
+        "src",
+        model={"n_layer": 2, "n_embd": 16, "block_size": 16},
+        sb={"q": True, "v": True, "mode": "learned"},
+        checkpoints=((1, None),),
+        noise=0.3,
     )
-    run_dir = tmp_path / "src"
-    run_dir.mkdir()
-    (run_dir / "config.toml").write_text(cfg.to_toml())
-    src = GPT(cfg.model, cfg.sb)
-    with torch.no_grad():
-        for p in src.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    save_checkpoint(run_dir, 1, src, None, {"config": cfg.to_dict()})
     idx = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         want = src.eval()(idx)[0]

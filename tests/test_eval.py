@@ -381,3 +381,27 @@ def test_bench_profile_directory_means_a_trace_inside(tmp_path):
 
     assert output_file(tmp_path, "trace.json", "--profile") == tmp_path / "trace.json"
     assert output_file(tmp_path / "t.json", "trace.json", "--profile") == tmp_path / "t.json"
+
+
+def test_each_suite_has_its_own_default_file_and_report_reads_only_the_builtin_one(
+    tmp_path, make_run
+):
+    from symbreak.eval.evaluate import default_eval_name, evaluate_run
+    from symbreak.experiments.collect import _eval_figures
+
+    assert default_eval_name("step_00000003", "builtin", []) == "step_00000003.json"
+    assert (
+        default_eval_name("step_00000003", "reasoning-gym:syllogism,knights", [])
+        == "step_00000003.reasoning-gym-syllogism-knights.json"
+    )
+    assert default_eval_name("step_00000003", "none", ["a/mine.jsonl"]) == "step_00000003.mine.json"
+    run = make_run(tmp_path, "r").path
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text(
+        '{"category": "copy", "prompt": "a b c a b c a b", "expected": " c"}\n'
+        '{"category": "copy", "prompt": "x y x y x", "expected": " y"}\n'
+    )
+    result = evaluate_run(run, suite="none", puzzles=[mine])
+    assert result.path == run / "eval" / "step_00000003.mine.json"
+    assert not (run / "eval" / "step_00000003.json").exists()  # the built-in file is untouched
+    assert _eval_figures(result.data) is None  # never a "puzzle macro acc" of another suite

@@ -105,6 +105,7 @@ def test_importing_and_calling_it_loads_no_torch() -> None:
     assert done.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_a_run_records_each_start_and_resume(run_dir) -> None:
     path, first = run_dir
     assert len(first) == 1 and first[0]["step"] == 0
@@ -129,6 +130,7 @@ def test_a_failed_fresh_attempt_loses_its_provenance(tmp_path) -> None:
     assert clear_attempt(run) and not (run / PROVENANCE_FILE).exists()
 
 
+@pytest.mark.slow
 def test_report_and_eval_outputs_carry_it(run_dir, tmp_path) -> None:
     from symbreak.eval import evaluate_addition_run, evaluate_run
     from symbreak.experiments.report import build_report

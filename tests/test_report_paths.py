@@ -12,6 +12,8 @@ import pytest
 
 from symbreak.cli import main
 
+pytestmark = pytest.mark.slow  # trains runs or a sweep
+
 CONFIG = {
     "model.n_layer": 1,
     "model.n_head": 2,

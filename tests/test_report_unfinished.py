@@ -13,6 +13,8 @@ from symbreak.errors import ExperimentError
 from symbreak.experiments.report import build_report
 from symbreak.train.trainer import train
 
+pytestmark = pytest.mark.slow  # trains runs or a sweep
+
 TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16",
         "model.vocab_size=64", "data.source=addition", "data.addition_train=200",
         "data.addition_val=50", "train.batch_size=2", "train.eval_tokens=64",

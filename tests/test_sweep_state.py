@@ -33,6 +33,7 @@ def _children_exit_with(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
     monkeypatch.setattr(local, "train_command", lambda config, procs: child)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("code", [0, 130])
 def test_children_stopped_by_the_signal_make_an_interruption(tmp_path, monkeypatch, code):
     _children_exit_with(monkeypatch, code)
@@ -44,6 +45,7 @@ def test_children_stopped_by_the_signal_make_an_interruption(tmp_path, monkeypat
     assert "FAILED" not in text and "interrupted" in text
 
 
+@pytest.mark.slow
 def test_a_child_that_crashes_is_a_failure(tmp_path, monkeypatch):
     _children_exit_with(monkeypatch, 1)
     grid, cells, configs = _grid(tmp_path)

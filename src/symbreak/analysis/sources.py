@@ -82,16 +82,9 @@ def held_out_tokens(cfg: Config, n_seq: int, length: int, text: str, seed: int =
         gen = torch.Generator().manual_seed(keyed_seed(seed, "probe-text"))
         high = min(cfg.model.vocab_size, GPT2_VOCAB_SIZE)
         return torch.randint(0, high, (n_seq, length), generator=gen)
-    from symbreak.data import addition_spec, load_data
+    from symbreak.data import load_run_data
 
-    cache = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else None
-    data = load_data(
-        cfg.data.source,
-        cfg.model.block_size,
-        cfg.model.vocab_size,
-        cache,
-        addition=addition_spec(cfg.data),
-    )
+    data = load_run_data(cfg)
     if len(data.val) < n_seq:
         raise DataError(
             f"the validation split of {data.source} has {len(data.val)} windows of "

@@ -12,7 +12,7 @@ import torch
 
 from symbreak.analysis.options import DEFAULT_TOKENS
 from symbreak.config import Config
-from symbreak.data import encode, load_data
+from symbreak.data import encode, load_run_data
 from symbreak.data.tokenizer import Tokenizer
 from symbreak.errors import DataError
 
@@ -20,12 +20,7 @@ from symbreak.errors import DataError
 def validation_tokens(cfg: Config, n_tokens: int = DEFAULT_TOKENS) -> torch.Tensor:
     """The first ``n_tokens`` tokens of the run's validation split (``data.source``)."""
     bs = cfg.model.block_size
-    data = load_data(
-        cfg.data.source,
-        bs,
-        cfg.model.vocab_size,
-        cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
-    )
+    data = load_run_data(cfg, block_size=bs)
     n_win = min(-(-n_tokens // bs), len(data.val))
     rows = data.val.get(list(range(n_win)))[:, :-1]  # inputs of each window: bs tokens
     return rows.reshape(-1)[:n_tokens].to(torch.long)

@@ -16,14 +16,12 @@ the CLI and the functions live here, and the benchmark functions are imported on
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from symbreak.config import OPTIM_DEFAULTS
+from symbreak.lazy import lazy_exports
 
 #: The optimizers ``bench optim`` knows, in table order (the names of ``optim.name``).
 OPTIMIZERS: tuple[str, ...] = tuple(OPTIM_DEFAULTS)
-DEFAULT_PRESET = "124m"  # the issue asks for GPT-2 small's parameter shapes
+DEFAULT_PRESET = "124m"  # GPT-2 small's parameter shapes: the paper's model
 DEFAULT_WARMUP = 2  # SOAP's first call only sets up its eigenbases; the second is its first update
 DEFAULT_STEPS = 10  # one whole SOAP preconditioning period (precondition_frequency = 10)
 
@@ -52,9 +50,4 @@ __all__ = [
     "bench_positional",
     "bench_train",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -93,7 +93,7 @@ import torch
 from symbreak.bench import TRAIN_STEPS as DEFAULT_STEPS
 from symbreak.bench import TRAIN_WARMUP as DEFAULT_WARMUP
 from symbreak.config import Config
-from symbreak.data import TrainBatches, load_config, load_data
+from symbreak.data import TrainBatches, load_config, load_run_data
 from symbreak.device import autocast, resolve_device, resolve_dtype
 from symbreak.errors import ConfigError
 from symbreak.model import GPT
@@ -388,12 +388,7 @@ def _matmul_rates(n: int, dtype: torch.dtype, dev: torch.device, reps: int) -> l
 
 def _loader_tok_per_s(cfg: Config, micro: int) -> float:
     """Tokens per second of ``TrainBatches.micro_batches`` on the configured data alone."""
-    data = load_data(
-        cfg.data.source,
-        cfg.model.block_size,
-        cfg.model.vocab_size,
-        cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
-    )
+    data = load_run_data(cfg)
     batches = TrainBatches(data.train, cfg.train.batch_size, micro, seed=cfg.train.seed)
     batches.micro_batches(0)  # builds the first epoch's permutation: a one-off
     calls = 0

@@ -329,6 +329,18 @@ class DataBundle:
         return tokenizer_from_meta(self.meta)
 
 
+def load_run_data(cfg: Config, block_size: int | None = None) -> DataBundle:
+    """The data ``cfg`` trains on (:func:`load_data` with its source, context, vocabulary,
+    cache and addition settings); ``block_size`` overrides the context."""
+    return load_data(
+        cfg.data.source,
+        block_size or cfg.model.block_size,
+        cfg.model.vocab_size,
+        cache_dir=Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else None,
+        addition=addition_spec(cfg.data),
+    )
+
+
 def load_data(
     source: str,
     block_size: int,

@@ -20,8 +20,7 @@ modules.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from symbreak.lazy import lazy_exports
 
 _LAZY = {
     "evaluate_loss": "symbreak.train.validation",
@@ -36,13 +35,4 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -161,18 +161,12 @@ def describe(run: Run) -> str:
 
 def validation(run: Run) -> dict[str, Any]:
     """Validation loss on the run's own held-out batches, next to the recorded one."""
-    from symbreak.data import addition_spec, load_data, run_loss_positions, val_batches
+    from symbreak.data import load_run_data, run_loss_positions, val_batches
     from symbreak.targets import IGNORE_INDEX
     from symbreak.train.validation import evaluate_loss
 
     cfg = run.cfg
-    data = load_data(
-        cfg.data.source,
-        cfg.model.block_size,
-        cfg.model.vocab_size,
-        cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
-        addition=addition_spec(cfg.data),
-    )
+    data = load_run_data(cfg)
     micro = cfg.train.micro_batch_size or cfg.train.batch_size
     positions = run_loss_positions(cfg)
     batches = val_batches(

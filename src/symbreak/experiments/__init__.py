@@ -16,8 +16,7 @@ above are imported on first use: the command line imports this package without t
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from symbreak.lazy import lazy_exports
 
 _LAZY = {
     "train_run": "symbreak.experiments.training",
@@ -28,9 +27,4 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

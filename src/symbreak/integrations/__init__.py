@@ -6,15 +6,9 @@ Nothing here is imported by the core; ``transformers`` is needed only by the mod
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from symbreak.lazy import lazy_exports
 
 _LAZY = {"export_hf": "symbreak.integrations.export"}
 
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -36,8 +36,7 @@ from symbreak.atomic import write_text_atomic
 from symbreak.config import Config, flatten
 from symbreak.data import (
     TrainBatches,
-    addition_spec,
-    load_data,
+    load_run_data,
     run_loss_positions,
     val_batches,
 )
@@ -442,13 +441,7 @@ class Trainer:
         optimizer, the training batches and the held-out set."""
         cfg, t, env = self.cfg, self.cfg.train, self.env
         torch.manual_seed(t.seed)
-        data = load_data(
-            cfg.data.source,
-            cfg.model.block_size,
-            cfg.model.vocab_size,
-            cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
-            addition=addition_spec(cfg.data),
-        )
+        data = load_run_data(cfg)
         self.model = model = GPT(cfg.model, cfg.sb).to(self.device)
         model.loss_kernel = resolve_loss_kernel(cfg, self.device, self.dtype)
         if model.loss_kernel == "compiled":

@@ -136,10 +136,11 @@ def test_eval_writes_the_promised_json(runs, puzzle_file, tmp_path, capsys):
 
 def test_eval_default_output_and_checkpoint_choice(runs, puzzle_file):
     args = ("--suite", "none", "--puzzles", puzzle_file, "--device", "cpu")
+    name = Path(puzzle_file).stem  # a puzzle file's results are named after it
     assert cli("eval", runs["a"], *args) == 0
-    assert json.loads((runs["a"] / "eval" / "step_00000015.json").read_text())["step"] == 15
+    assert json.loads((runs["a"] / "eval" / f"step_00000015.{name}.json").read_text())["step"] == 15
     assert cli("eval", runs["a"], *args, "--checkpoint", "best", "--sb-eval", "zero") == 0
-    best = json.loads((runs["a"] / "eval" / "step_00000010.json").read_text())
+    best = json.loads((runs["a"] / "eval" / f"step_00000010.{name}.json").read_text())
     assert (best["step"], best["sb_eval"]) == (10, "zero")  # lowest recorded val_loss: 6.5
     assert load_run(runs["a"], "5").step == 5
     with pytest.raises(CheckpointError, match="no checkpoint at step 7; it has steps 5, 10, 15"):
@@ -370,7 +371,7 @@ def test_compare_out_named_like_the_chart_keeps_both_outputs(runs, puzzle_file, 
 
 def test_eval_out_directory_writes_inside_and_a_file_in_the_way_fails_first(runs, tmp_path):
     assert cli("eval", runs["a"], "--suite", "none", "--val", "--out", tmp_path) == 0
-    assert json.loads((tmp_path / "step_00000015.json").read_text())["step"] == 15
+    assert json.loads((tmp_path / "step_00000015.val.json").read_text())["step"] == 15
     (tmp_path / "f").write_text("x")
     with pytest.raises(SymbreakError, match=r"--out: cannot write .* is a file"):
         cli("eval", runs["a"], "--suite", "none", "--val", "--out", tmp_path / "f" / "x.json")

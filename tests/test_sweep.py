@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import math
 import os
 import signal
@@ -302,6 +303,7 @@ def test_report_bad_input(grid_sweep, tmp_path, capsys):
     (other / "config.toml").write_text(
         (src / "config.toml").read_text().replace("eval_tokens = 256", "eval_tokens = 512"))
     (other / "metrics.csv").write_text((src / "metrics.csv").read_text())
+    shutil.copytree(src / "checkpoints", other / "checkpoints")  # finished, as src
     assert main(["report", str(src), str(other)]) == 2
     assert "different held-out sets" in capsys.readouterr().err
     # a run without validation rows
@@ -310,6 +312,7 @@ def test_report_bad_input(grid_sweep, tmp_path, capsys):
     (empty / "config.toml").write_text((src / "config.toml").read_text())
     (empty / "metrics.csv").write_text("step,tokens,train_loss,val_loss,lr,tok_per_s,elapsed_s\n"
                                        "1,64,10.0,,0.001,100,1\n")
+    shutil.copytree(src / "checkpoints", empty / "checkpoints")
     assert main(["report", str(src), str(empty)]) == 2
     assert "no validation rows" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing")]) == 2

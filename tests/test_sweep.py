@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys

@@ -208,7 +208,7 @@ def collect(paths: list[Path], baseline: str | None = None) -> Collection:
         "sb",
         _baseline(records, baseline),
         skipped,
-        title=", ".join(p.name for p in paths[:4]) + (" ..." if len(paths) > 4 else ""),
+        title=", ".join(r.name for r in records[:4]) + (" ..." if len(records) > 4 else ""),
     )
 
 

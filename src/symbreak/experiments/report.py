@@ -327,7 +327,9 @@ def plot(data: dict[str, Any], col: Collection, out: Path) -> list[str]:
             if max(mean) > 1.05 * mean[0]:  # above its own starting loss: diverged
                 diverged.append(v)
                 label += ", diverged"
-            ax.plot(x, mean, color=colours[v], label=label)
+            # few evaluations: mark them, so two points do not pass for a measured curve
+            ax.plot(x, mean, color=colours[v], label=label, marker="o" if len(x) <= 12 else None,
+                    markersize=3)
             ax.fill_between(
                 x,
                 [min(y) for y in ys],
@@ -352,7 +354,8 @@ def plot(data: dict[str, Any], col: Collection, out: Path) -> list[str]:
         fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 3.6 * nrow), squeeze=False)
         for ax, panel in zip(axes.flat, panels, strict=False):
             for c in (c for c in data["difference_curves"] if c["panel"] == panel):
-                ax.plot(c["tokens"], c["mean"], color=colours[c["variant"]], label=c["variant"])
+                ax.plot(c["tokens"], c["mean"], color=colours[c["variant"]], label=c["variant"],
+                        marker="o" if len(c["tokens"]) <= 12 else None, markersize=3)
                 lo = [
                     v if math.isfinite(v) else m for v, m in zip(c["ci_lo"], c["mean"], strict=True)
                 ]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from symbreak.analysis import figures, report_html
 from symbreak.analysis.alignment import ENDS
-from symbreak.atomic import write_bytes_atomic, write_text_atomic
+from symbreak.atomic import apply_umask, fsync_dir, write_bytes_atomic
 from symbreak.jsonio import dumps_json
 
 
@@ -17,18 +19,34 @@ def to_json(result: dict[str, Any]) -> str:
 
 
 def write_outputs(result: dict[str, Any], out_dir: Path) -> list[Path]:
-    """analysis.json, every figure and report.html in ``out_dir``; returns the paths."""
+    """analysis.json, every figure and report.html in ``out_dir``; returns the paths.
+
+    Everything is written into a temporary directory beside ``out_dir`` first, so a full disk
+    leaves nothing behind; then the files are renamed into place (renames need no space), and
+    other files already in ``out_dir`` stay as they are."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     pngs = figures.render_all(result)
-    paths = [out_dir / "analysis.json"]
-    write_text_atomic(paths[0], to_json(result))
-    for name, data in pngs.items():
-        write_bytes_atomic(out_dir / name, data)
-        paths.append(out_dir / name)
-    paths.append(out_dir / "report.html")
-    write_text_atomic(paths[-1], report_html.render(result, pngs))
-    return paths
+    files = {"analysis.json": to_json(result).encode(), **pngs}
+    files["report.html"] = report_html.render(result, pngs).encode()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        for name, data in files.items():
+            write_bytes_atomic(tmp / name, data)
+        if not out_dir.exists():
+            apply_umask(tmp)
+            tmp.rename(out_dir)
+        else:
+            for name in files:
+                os.replace(tmp / name, out_dir / name)
+            tmp.rmdir()
+        fsync_dir(out_dir.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [out_dir / name for name in files]
 
 
 def summary_lines(result: dict[str, Any], limit: int = 10) -> list[str]:

@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     from symbreak.analysis.figures import require_matplotlib
     from symbreak.analysis.output import summary_lines, write_outputs
     from symbreak.analysis.text import file_tokens, read_text, validation_tokens
+    from symbreak.outputs import output_dir
     from symbreak.runs import load_run
 
     opts = Options(
@@ -148,8 +149,11 @@ def run(args: argparse.Namespace) -> int:
     opts.check()
     require_matplotlib()
     text = read_text(args.text) if args.text is not None else None
+    if args.out is not None:  # a file in the way fails now, not after the analysis
+        output_dir(args.out, "--out")
     t0 = time.perf_counter()
     run = load_run(args.run_dir, args.checkpoint, device=args.device)
+    out = args.out if args.out is not None else run.run_dir / "analysis" / run.checkpoint.name
     baseline = load_run(args.baseline, "latest", device=args.device) if args.baseline else None
     if baseline is not None:
         check_same_shape(run, baseline)
@@ -178,7 +182,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  [{time.perf_counter() - t0:6.1f} s] {message}", file=sys.stderr, flush=True)
 
     result = analyze_run(run, tokens, opts, source, baseline, progress)
-    out = args.out if args.out is not None else run.run_dir / "analysis" / run.checkpoint.name
     paths = write_outputs(result, out)
     print("\n".join(summary_lines(result)))
     print(f"wrote {', '.join(p.name for p in paths)} to {out} ({time.perf_counter() - t0:.1f} s)")

@@ -76,3 +76,21 @@ def test_usual_run_names_pass():
         cfg = Config()
         cfg.set("train.name", name)
         cfg.resolve(vocab_size=64)
+
+
+def test_a_failed_atomic_write_names_the_target_not_the_temporary_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from symbreak import atomic
+
+    def full(src, dst):  # what a full disk or a quota says, naming the temporary file
+        raise OSError(errno.ENOSPC, "No space left on device", str(src))
+
+    monkeypatch.setattr(atomic.os, "replace", full)
+    target = tmp_path / "report.json"
+    with pytest.raises(OSError) as e:
+        atomic.write_text_atomic(target, "{}")
+    assert e.value.errno == errno.ENOSPC
+    assert e.value.filename == str(target) and ".tmp-" not in str(e.value)
+    assert os.listdir(tmp_path) == []  # the temporary file is gone too

@@ -121,7 +121,9 @@ MIN_PAIRS = 3
 CELL_METHOD = "mean over seeds; sd with ddof=1; 95% CI of the mean from Student t, n-1 df"
 DIFF_METHOD = (
     "variant - baseline, paired by seed; 95% CI and p from the paired t-test (n-1 df); "
-    "Welch's unequal-variance t-test as the unpaired alternative"
+    "Welch's unequal-variance t-test as the unpaired alternative; corrected for the m "
+    "differences of a metric in the report: Holm-adjusted p and the Bonferroni CI at "
+    "1 - 0.05/m, and '*' only where that corrected CI excludes 0"
 )
 
 
@@ -147,8 +149,26 @@ def describe(values: Sequence[float]) -> dict[str, Any]:
     return out
 
 
-def paired(variant: Sequence[float], baseline: Sequence[float]) -> dict[str, Any]:
-    """Paired comparison of two equally long, seed-aligned samples (variant - baseline)."""
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (familywise error control): the
+    i-th smallest of m becomes ``max_{j<=i} min(1, (m - j + 1) p_(j))``. NaN p-values (no
+    test) stay NaN and are not counted in m. Written here because scipy has no Holm and
+    statsmodels is too heavy a dependency for ten lines."""
+    finite = sorted((p, i) for i, p in enumerate(pvalues) if math.isfinite(p))
+    m = len(finite)
+    out = [math.nan] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def paired(
+    variant: Sequence[float], baseline: Sequence[float], confidence: float = CONFIDENCE
+) -> dict[str, Any]:
+    """Paired comparison of two equally long, seed-aligned samples (variant - baseline), with
+    a ``confidence`` t interval of the mean difference."""
     a = np.asarray(variant, dtype=np.float64)
     b = np.asarray(baseline, dtype=np.float64)
     if a.shape != b.shape:
@@ -172,7 +192,7 @@ def paired(variant: Sequence[float], baseline: Sequence[float]) -> dict[str, Any
             return out
         with _quiet():
             res = stats.ttest_rel(a, b)
-            ci = res.confidence_interval(CONFIDENCE)
+            ci = res.confidence_interval(confidence)
             welch = stats.ttest_ind(a, b, equal_var=False)
         out.update(
             t=float(res.statistic),

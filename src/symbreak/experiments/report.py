@@ -115,6 +115,7 @@ def build(
             )
             curve["tokens"] = [s * _tokens_per_step(pairs[0][0]) for s in curve["steps"]]
             curves_diff.append({"panel": panel, "variant": variant, **curve})
+    _correct_for_multiplicity(diffs, cells, col.baseline)
     return {
         "title": col.title,
         "source": col.source,
@@ -225,8 +226,9 @@ def markdown(data: dict[str, Any], figures: list[str]) -> str:
             "",
             f"## Differences to `{data['baseline']}`, paired by seed",
             "",
-            "Δ = variant − baseline (for losses, negative is better). `*`: the paired 95% CI "
-            "excludes 0.",
+            "Δ = variant − baseline (for losses, negative is better). `*`: the corrected CI "
+            "(Bonferroni over the report's differences of that metric) excludes 0; the plain "
+            "95% CI and p are shown beside it.",
             "",
         ]
         rows = []
@@ -234,10 +236,12 @@ def markdown(data: dict[str, Any], figures: list[str]) -> str:
             pct = d["metric"] == "macro_acc"
             k = 100.0 if pct else 1.0
             dig = 1 if pct else 4
-            ci = (
-                f"[{k * d['ci_lo']:+.{dig}f}, {k * d['ci_hi']:+.{dig}f}]"
-                if math.isfinite(d["ci_lo"])
-                else "n/a"
+            ci, ci_corr = (
+                f"[{k * lo:+.{dig}f}, {k * hi:+.{dig}f}]" if math.isfinite(lo) else "n/a"
+                for lo, hi in (
+                    (d["ci_lo"], d["ci_hi"]),
+                    (d.get("ci_lo_corrected", math.nan), d.get("ci_hi_corrected", math.nan)),
+                )
             )
             verdict = (
                 ("*" if d["significant"] else "")
@@ -252,7 +256,9 @@ def markdown(data: dict[str, Any], figures: list[str]) -> str:
                     str(d["n"]),
                     f"{k * d['mean_diff']:+.{dig}f}",
                     ci,
+                    ci_corr,
                     _p(d["p_paired"]),
+                    _p(d.get("p_holm", math.nan)),
                     _p(d["p_welch"]),
                     verdict,
                 ]
@@ -266,7 +272,9 @@ def markdown(data: dict[str, Any], figures: list[str]) -> str:
                     "pairs",
                     "Δ mean",
                     "95% CI",
+                    "corrected CI",
                     "paired t p",
+                    "Holm p",
                     "Welch p",
                     "",
                 ],
@@ -283,6 +291,32 @@ def markdown(data: dict[str, Any], figures: list[str]) -> str:
     for f in figures:
         lines += ["", f"![{f}]({f})"]
     return "\n".join(lines) + "\n"
+
+
+def _correct_for_multiplicity(
+    diffs: list[dict[str, Any]], cells: dict[tuple[str, str], list[Any]], baseline: str | None
+) -> None:
+    """Every difference of one metric across the report's panels and variants is one family:
+    Holm-adjusted p (``p_holm``) and the Bonferroni interval at 1 - 0.05/m
+    (``ci_lo_corrected``/``ci_hi_corrected``); ``significant`` then means that the corrected
+    interval excludes 0 (``significant_uncorrected`` keeps the plain 95% verdict)."""
+    for metric in dict.fromkeys(d["metric"] for d in diffs):
+        family = [d for d in diffs if d["metric"] == metric]
+        m = sum(math.isfinite(d["p_paired"]) for d in family)
+        for d, p in zip(family, stats.holm([d["p_paired"] for d in family]), strict=True):
+            d["p_holm"] = p
+            d["family_size"] = m
+            d["significant_uncorrected"] = d["significant"]
+            lo = hi = math.nan
+            if m and math.isfinite(d["ci_lo"]):
+                base = {r.seed: r for r in cells[(d["panel"], baseline)]}
+                runs = {r.seed: r for r in cells[(d["panel"], d["variant"])]}
+                a = [_value(runs[s], metric) for s in d["seeds"]]
+                b = [_value(base[s], metric) for s in d["seeds"]]
+                wide = stats.paired(a, b, confidence=1 - (1 - stats.CONFIDENCE) / m)
+                lo, hi = wide["ci_lo"], wide["ci_hi"]
+            d["ci_lo_corrected"], d["ci_hi_corrected"] = lo, hi
+            d["significant"] = bool(math.isfinite(lo) and (lo > 0 or hi < 0))
 
 
 def _p(p: float) -> str:

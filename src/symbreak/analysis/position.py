@@ -260,17 +260,27 @@ def plot_probes(probes: list[PositionProbe], r2_png: str, sim_png: str) -> None:
     FigureCanvasAgg(fig).print_png(r2_png)
 
     n_layers = max(len(p.layers) for p in probes)
-    fig = Figure(figsize=(2.0 * n_layers + 0.8, 2.1 * len(probes) + 0.3))
+    fig = Figure(figsize=(2.0 * n_layers + 1.2, 2.1 * len(probes) + 0.8), layout="constrained")
     axes = fig.subplots(len(probes), n_layers, squeeze=False)
     for row, p in enumerate(probes):
         for col in range(n_layers):
             ax = axes[row][col]
-            ax.set_xticks([])
-            ax.set_yticks([])
+            ax.tick_params(labelsize=6)
             if col < len(p.similarity):
+                t = len(p.similarity[col])
                 im = ax.imshow(p.similarity[col], vmin=-1, vmax=1, cmap="RdBu_r")
+                ax.set_xticks([0, t - 1])  # positions: the first and the last
+                ax.set_yticks([0, t - 1] if col == 0 else [])
                 ax.set_title(f"layer {col}: adj {p.layers[col].adjacency:.2f}", fontsize=7)
+            else:
+                ax.axis("off")
             if col == 0:
-                ax.set_ylabel(p.label[:28], fontsize=7)
+                ax.set_ylabel(f"{p.label[:28]}\nposition i", fontsize=7)
+            if row == len(probes) - 1:
+                ax.set_xlabel("position j", fontsize=7)
+    fig.suptitle(
+        "cosine similarity of hidden states at positions i and j (rows: models, columns: layers)",
+        fontsize=8,
+    )
     fig.colorbar(im, ax=axes, shrink=0.6, label="cosine similarity")
     FigureCanvasAgg(fig).print_png(sim_png)

@@ -15,8 +15,8 @@ without one (``benchmarks/gpu_check.sh`` runs them).
 
 - ``make test-fast``, i.e. ``pytest -q -m "not slow and not cuda"``: the quick lane, under a
   minute on an idle 2-core machine; run it after every change.
-- ``make test``, i.e. ``pytest -q``: everything. On a CPU without native bf16 this takes over
-  20 minutes, most of it the bf16-against-fp32 training comparison.
+- ``make test``, i.e. ``pytest -q``: everything. On a 2-core CPU without native bf16 this takes
+  15 to 25 minutes, more than half of it the bf16-against-fp32 training comparison.
 - ``pytest -m slow``: the slow lane alone.
 
 A new test that trains or starts a process gets the mark; ``pytest --durations=20`` shows where

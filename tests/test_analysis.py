@@ -387,6 +387,10 @@ def test_analyze_twice_gives_identical_json_and_a_valid_report(runs, tmp_path, c
 
     result = json.loads((out1 / "analysis.json").read_text())
     assert result["run"]["name"] == "a" and result["checkpoint"]["step"] == 3
+    # run directories relative to the analysis folder, so it moves with its runs
+    assert (out1 / result["run"]["dir"]).resolve() == runs["a"].resolve()
+    assert not result["run"]["dir"].startswith("/")
+    assert (out1 / result["baseline"]["run"]["dir"]).resolve() == runs["sym"].resolve()
     assert {h["scope"] for h in result["heads"]} == {"vocab", "context"}
     assert len(result["heads"]) == 2 + 2  # vocab: layer 0 only; context: every layer
     assert result["scopes"]["vocab"]["note"].endswith("position is left out")

@@ -74,3 +74,7 @@ def test_dry_run_shows_a_cell_another_process_trains_as_busy(tmp_path):
     Manifest(grid, cells, "local").write()
     data = json.loads((grid.sweep_dir / "sweep.json").read_text())
     assert data["updated"] and isinstance(data["writer_pid"], int)
+    # run directories relative to the sweep directory: the sweep can be moved whole
+    entry = next(c for c in data["cells"] if c["name"] == cells[0].name)
+    assert (grid.sweep_dir / entry["run_dir"]).resolve() == run_dir_of(cells[0]).resolve()
+    assert not entry["run_dir"].startswith("/")

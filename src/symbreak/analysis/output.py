@@ -11,6 +11,7 @@ from symbreak.analysis import figures, report_html
 from symbreak.analysis.alignment import ENDS
 from symbreak.atomic import apply_umask, fsync_dir, write_bytes_atomic
 from symbreak.jsonio import dumps_json
+from symbreak.outputs import portable_path
 
 
 def to_json(result: dict[str, Any]) -> str:
@@ -25,6 +26,10 @@ def write_outputs(result: dict[str, Any], out_dir: Path) -> list[Path]:
     leaves nothing behind; then the files are renamed into place (renames need no space), and
     other files already in ``out_dir`` stay as they are."""
     out_dir = Path(out_dir)
+    # run directories relative to out_dir, so an analysis folder can be moved with its runs
+    for entry in (result.get("run"), (result.get("baseline") or {}).get("run")):
+        if entry and entry.get("dir"):
+            entry["dir"] = portable_path(entry["dir"], out_dir)
     pngs = figures.render_all(result)
     files = {"analysis.json": to_json(result).encode(), **pngs}
     files["report.html"] = report_html.render(result, pngs).encode()

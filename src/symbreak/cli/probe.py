@@ -15,7 +15,7 @@ from symbreak.analysis.options import TEXT_SOURCES
 from symbreak.cli.argtypes import float_range, int_range, seed
 from symbreak.errors import SymbreakError
 from symbreak.jsonio import write_json_atomic
-from symbreak.outputs import output_file
+from symbreak.outputs import output_file, stamp
 from symbreak.plotting import require_matplotlib
 
 
@@ -164,6 +164,9 @@ def run_permutation(args: argparse.Namespace) -> int:
         probe_permutation,
     )
 
+    out = None
+    if args.out is not None:  # refused now, not after the probing
+        out = output_file(args.out, "probe_permutation.json", "--out", kind="probe permutation")
     probes = probe_permutation(
         args.run_dirs,
         init=args.init,
@@ -181,8 +184,8 @@ def run_permutation(args: argparse.Namespace) -> int:
         for probe in probes:
             print("\n".join(permutation_lines(probe, args.text)))
     print("\n".join(permutation_summary(probes)))
-    if args.out:
-        _write_json(args.out, permutation_json(probes, args.text, args.seed))
+    if out is not None:
+        _write_json(out, stamp(permutation_json(probes, args.text, args.seed), "probe permutation"))
     return 0
 
 
@@ -193,7 +196,7 @@ def run_position(args: argparse.Namespace) -> int:
     if not args.no_plot:
         require_matplotlib("probe position draws its figures", "pass --no-plot")
     if args.out is not None:
-        out = output_file(args.out, "probe_position.json", "--out")
+        out = output_file(args.out, "probe_position.json", "--out", kind="probe position")
     elif args.run_dirs:  # beside the (first) run, like analyze and eval
         out = Path(args.run_dirs[0]) / "probes" / f"position-{args.checkpoint}.json"
     else:
@@ -211,7 +214,7 @@ def run_position(args: argparse.Namespace) -> int:
         near=args.near,
     )
     print(format_table([p for _, p in probes]))
-    _write_json(out, position_json(probes, args.text, args.seed))
+    _write_json(out, stamp(position_json(probes, args.text, args.seed), "probe position"))
     if not args.no_plot:
         r2_png, sim_png = out.with_suffix(".r2.png"), out.with_suffix(".similarity.png")
         plot_probes([p for _, p in probes], str(r2_png), str(sim_png))

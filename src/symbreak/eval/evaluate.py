@@ -35,7 +35,7 @@ from symbreak.eval.options import DEFAULT_BATCH_SIZE, DEFAULT_PER_CATEGORY
 from symbreak.eval.puzzles import CATEGORIES, SUITE_VERSION, Item, builtin_suite, read_puzzles
 from symbreak.eval.sample import Sample, generate
 from symbreak.eval.scoring import ScoreRun, Summary, paired_differences, score_items, summarize
-from symbreak.outputs import output_dir, output_file
+from symbreak.outputs import output_dir, output_file, portable_path, stamp
 from symbreak.plotting import require_matplotlib
 from symbreak.provenance import provenance
 from symbreak.runs import Run, load_run
@@ -232,6 +232,16 @@ def _suite_version(suite: str) -> int | str | None:
     return None
 
 
+def _portable(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``data`` with its run, checkpoint and chart paths relative to ``base``, the directory
+    the JSON goes to, so a results folder can be moved whole (the dict is changed in place)."""
+    for entry in [data, *data.get("runs", [])]:
+        for key in ("run_dir", "checkpoint", "chart"):
+            if isinstance(entry.get(key), str):
+                entry[key] = portable_path(entry[key], base)
+    return data
+
+
 def _run_json(run: Run) -> dict[str, Any]:
     return {
         "run_dir": str(run.run_dir),
@@ -301,7 +311,7 @@ def evaluate_run(
     items = collect_items(suite, suite_seed, per_category, puzzles)
     _check_items(items, val)
     if out is not None and write:
-        output_file(out, "eval.json", "--out")  # refused now, not after the scoring
+        output_file(out, "eval.json", "--out", kind="eval")  # refused now, not after scoring
     run = _load(run_dir, checkpoint, sb_eval, device)
     if items:  # --suite none --val alone works for any run
         _require_gpt2_vocabulary(run)
@@ -337,8 +347,8 @@ def evaluate_run(
     path = None
     if write:
         name = default_eval_name(run.checkpoint.name, suite, puzzles)
-        path = output_file(out or run_dir / "eval" / name, name, "--out")
-        report.write_json(path, data)
+        path = output_file(out or run_dir / "eval" / name, name, "--out", kind="eval")
+        report.write_json(path, stamp(_portable(data, path.parent), "eval"))
     return EvalResult(data, path, score, summary)
 
 
@@ -373,7 +383,7 @@ def evaluate_addition_run(
     if out is not None and Path(out).expanduser().is_dir():
         out_dir = Path(out).expanduser()
     elif out is not None and write:
-        out_file = output_file(out, "addition.json", "--out")
+        out_file = output_file(out, "addition.json", "--out", kind="eval --task addition")
     run = _load(run_dir, checkpoint, sb_eval, device)
     echo(describe(run))
     result = evaluate_addition(run.model, run.cfg, problems, batch_size)
@@ -387,7 +397,7 @@ def evaluate_addition_run(
     path = None
     if write:
         path = out_file or out_dir / f"addition_{run.checkpoint.name}.json"
-        report.write_json(path, data)
+        report.write_json(path, stamp(_portable(data, path.parent), "eval --task addition"))
     return EvalResult(data, path)
 
 
@@ -414,11 +424,12 @@ def compare_outputs(
             name = f"compare-{names[0][:40]}-and-{len(names) - 1}-more"
         out = run_dirs[0].resolve().parent / name
     if out.suffix in (".json", ".png") and not out.is_dir():
-        json_path = output_file(out.with_suffix(".json"), "compare.json", "--out")
+        json_path = output_file(out.with_suffix(".json"), "compare.json", "--out", kind="compare")
         png = json_path.with_suffix(".png")
     else:
         directory = output_dir(out, "--out")
-        json_path, png = directory / "compare.json", directory / "compare.png"
+        json_path = output_file(directory / "compare.json", "compare.json", "--out", kind="compare")
+        png = directory / "compare.png"
     if png.is_dir():
         raise SymbreakError(f"--out: the chart's path {png} is a directory; choose another --out")
     return json_path, png if plot else None
@@ -491,7 +502,7 @@ def compare_runs(
     if png is not None:
         report.plot_compare(png, names, summaries)
         data["chart"] = str(png)
-    report.write_json(json_out, data)
+    report.write_json(json_out, stamp(_portable(data, json_out.parent), "compare"))
     return CompareResult(data, names, summaries, diffs, json_out, png)
 
 

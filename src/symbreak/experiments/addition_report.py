@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from symbreak.errors import ExperimentError
-from symbreak.experiments.collect import Collection, Record, collect, portable_path
+from symbreak.experiments.collect import Collection, Record, collect
 from symbreak.experiments.report import write_report
+from symbreak.outputs import portable_path
 from symbreak.plotting import pyplot
 from symbreak.provenance import provenance
 

@@ -22,6 +22,7 @@ from symbreak.atomic import write_text_atomic
 from symbreak.config import Config, flatten
 from symbreak.errors import ConfigError, ExperimentError
 from symbreak.experiments.grid import Cell, Grid
+from symbreak.outputs import portable_path
 from symbreak.provenance import provenance
 from symbreak.train.checkpoint import LATEST, read_state, resolve_checkpoint
 from symbreak.train.lock import describe_holder, is_locked, read_holder
@@ -191,7 +192,7 @@ class Manifest:
                     "name": c.name,
                     "labels": c.labels,
                     "seed": c.seed,
-                    "run_dir": str(run_dir_of(c)),
+                    "run_dir": portable_path(run_dir_of(c), self.path.parent),
                     "settings": c.settings,
                     "state": state,
                     "step": st.step,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 from symbreak.errors import ExperimentError, SymbreakError
 from symbreak.experiments.cells import MANIFEST, checkpoint_step, identity, read_manifest
+from symbreak.outputs import portable_path
 from symbreak.train.checkpoint import LATEST, resolve_checkpoint
 from symbreak.train.metrics import read_metrics
 
@@ -99,19 +99,6 @@ class Record:
             "tok_per_s": self.tok_per_s,
             "eval": self.eval,
         }
-
-
-def portable_path(path: Path, base: Path | None) -> str:
-    """``path`` as a result file records it: relative to ``base`` (the directory the file is
-    written to) with POSIX separators, so a results folder can be moved or published whole;
-    without ``base``, or when no relative path exists (another drive), the absolute path."""
-    target = Path(path).resolve()
-    if base is not None:
-        try:
-            return Path(os.path.relpath(target, Path(base).resolve())).as_posix()
-        except ValueError:
-            pass
-    return target.as_posix()
 
 
 def _float(text: str) -> float | None:

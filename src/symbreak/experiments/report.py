@@ -28,9 +28,9 @@ from symbreak.experiments.collect import (
     Record,
     attach_eval,
     collect,
-    portable_path,
 )
 from symbreak.jsonio import write_json_atomic
+from symbreak.outputs import portable_path
 from symbreak.plotting import pyplot
 from symbreak.provenance import provenance
 

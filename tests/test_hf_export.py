@@ -131,3 +131,31 @@ def test_export_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str], ran
     assert main(["export", str(char_run), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "GPT-2's BPE" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_export_past_a_file_size_limit_is_one_line_and_leaves_nothing(tmp_path, random_run):
+    """Not a mock: the kernel refuses the write (RLIMIT_FSIZE, SIGXFSZ ignored -> EFBIG), which
+    safetensors reports as its own error type, not an OSError."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    run_dir, _ = random_run("gelu", {"activation": "gelu"}, {"q": True})
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    out = tmp_path / "export"
+    before = set(tmp_path.iterdir())
+    proc = subprocess.run(
+        [sys.executable, "-m", "symbreak", "export", str(run_dir), "--out", str(out)],
+        capture_output=True, text=True, timeout=300, preexec_fn=limit,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    (line,) = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert line.startswith(f"error: could not write the export {out} (File too large)")
+    assert "ulimit -f" in line and ".tmp" not in line
+    assert set(tmp_path.iterdir()) == before  # no export, no temporary directory

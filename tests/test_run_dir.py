@@ -203,7 +203,8 @@ def test_a_real_file_size_limit_while_checkpointing_is_one_error_line(tmp_path, 
     assert proc.returncode == 2, proc.stderr
     (line,) = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert line.startswith("error: could not write checkpoint step 4") and "File too large" in line
-    assert "previous checkpoint is intact" in line
+    assert "previous checkpoint, which is intact" in line
+    assert "ulimit -f" in line and "free space" not in line  # the advice fits the reason
     assert resolve_checkpoint(run_dir).name == "step_00000002"
     assert not list((run_dir / "checkpoints").glob(".tmp*"))
     run(tmp_path, shards, "d", "train.max_steps=4")  # and the run goes on from step 2

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from symbreak.atomic import apply_umask, write_text_atomic
-from symbreak.errors import SymbreakError
+from symbreak.errors import SymbreakError, io_errno, write_failure
+from symbreak.outputs import portable_path
 
 if TYPE_CHECKING:
     import torch
@@ -141,7 +142,7 @@ def export_hf(
         write_tokenizer(tmp, m.block_size)
         provenance = {
             "format": "hf",
-            "run_dir": str(run_dir.resolve()),
+            "run_dir": portable_path(run_dir, out),
             "checkpoint": run.checkpoint.name,
             "step": run.step,
             "sb_eval": run.cfg.sb.eval,
@@ -158,8 +159,10 @@ def export_hf(
         if out.exists():
             out.rmdir()  # empty (checked above)
         tmp.rename(out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if io_errno(e) is not None:  # a full disk, a file-size limit: one line, nothing left
+            raise SymbreakError(write_failure(f"the export {out}", e)) from None
         raise
     finally:
         if bars_were_on:

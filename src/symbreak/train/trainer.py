@@ -41,7 +41,7 @@ from symbreak.data import (
     val_batches,
 )
 from symbreak.device import autocast, resolve_dtype
-from symbreak.errors import CheckpointError, ConfigError, TrainingError
+from symbreak.errors import CheckpointError, ConfigError, TrainingError, write_failure
 from symbreak.jsonio import write_json_atomic
 from symbreak.model import GPT
 from symbreak.model.loss import choose_loss_kernel
@@ -728,15 +728,13 @@ class Trainer:
         try:
             save_checkpoint(self.run_dir, step, self.model, self.optimizer, payload, **gathered)
         except OSError as e:
-            previous = (
-                "the previous checkpoint is intact: free space and run the same command to "
-                "resume from it"
+            retry = (
+                "run the same command to resume from the previous checkpoint, which is intact"
                 if (self.run_dir / "checkpoints" / LATEST).exists()
-                else "no checkpoint was written yet: free space and run the command again"
+                else "run the command again (no checkpoint was written yet)"
             )
             raise TrainingError(
-                f"could not write checkpoint step {step} in {self.run_dir / 'checkpoints'} "
-                f"({e.strerror or e}); {previous}"
+                write_failure(f"checkpoint step {step} in {self.run_dir / 'checkpoints'}", e, retry)
             ) from None
         self.checkpoints_written += 1
         prune_checkpoints(self.run_dir, self.cfg.train.keep_checkpoints)

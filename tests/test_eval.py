@@ -250,7 +250,7 @@ def test_compare_writes_table_json_and_png(runs, tmp_path, capsys):
     png = out.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(out.read_text())
-    assert data["chart"] == str(png)
+    assert data["chart"] == png.name  # relative to the JSON beside it
     assert [r["name"] for r in data["runs"]] == ["a", "b"]
     m = data["categories"]["copy"]["metrics"]["top1"]
     assert len(m["runs"]) == 2 and len(m["diff_vs_first"]) == 1
@@ -350,7 +350,7 @@ def test_compare_defaults_next_to_the_runs_not_the_current_directory(
     (tmp_path / "mine.jsonl").unlink()  # the puzzle file lives here too
     assert list(tmp_path.iterdir()) == []
     out = runs["a"].parent / "compare-a-vs-b"
-    assert json.loads((out / "compare.json").read_text())["chart"] == str(out / "compare.png")
+    assert json.loads((out / "compare.json").read_text())["chart"] == "compare.png"
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -360,7 +360,7 @@ def test_compare_out_named_like_the_chart_keeps_both_outputs(runs, puzzle_file, 
     few = ("--suite", "none", "--puzzles", puzzle_file)
     assert cli("compare", runs["a"], runs["b"], *few, "--out", png) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert json.loads(png.with_suffix(".json").read_text())["chart"] == str(png)
+    assert json.loads(png.with_suffix(".json").read_text())["chart"] == png.name
     out = tmp_path / "named"  # a plain name is a directory, created
     assert cli("compare", runs["a"], runs["b"], *few, "--out", out, "--no-plot") == 0
     assert json.loads((out / "compare.json").read_text())["chart"] is None

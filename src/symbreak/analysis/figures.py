@@ -73,7 +73,7 @@ def _heatmap(
                     text,
                     ha="center",
                     va="center",
-                    fontsize=7,
+                    fontsize=9,
                     color="black",
                     bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 1},
                 )
@@ -81,13 +81,22 @@ def _heatmap(
 
 
 def selectivity_figure(result: dict[str, Any]) -> bytes:
+    """Selectivity per head. The context panels (the run and its baseline) share one colour
+    scale so they can be compared; the vocabulary scope measures something else (every token
+    id once, no context) with values of another size, so it gets its own scale."""
     plt = _plt()
     panels = [("context", result["heads"], "context: selectivity (nats)")]
     panels.append(("vocab", result["heads"], "vocab, layer 0: selectivity (nats)"))
     if result.get("baseline"):
         panels.append(("context", result["baseline"]["heads"], "baseline context (symmetric)"))
     grids = [_grid(h, s, lambda e: e["selectivity"]) for s, h, _ in panels]
-    vmax = max(float(np.nanmax(g)) for g in grids)
+    vmax = {
+        scope: max(
+            (float(np.nanmax(g)) for (s, _, _), g in zip(panels, grids, strict=True) if s == scope),
+            default=1.0,
+        )
+        for scope in ("context", "vocab")
+    }
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
     for ax, (scope, heads, title), g in zip(axes[0], panels, grids, strict=True):
         pct = _grid(heads, scope, lambda e: e["null_percentile"])
@@ -99,42 +108,61 @@ def selectivity_figure(result: dict[str, Any]) -> bytes:
             labels,
             cmap="viridis",
             vmin=0,
-            vmax=vmax,
+            vmax=vmax[scope] or 1.0,
         )
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
     return _png(fig)
 
 
+def _saturated(e: dict[str, Any], top: int) -> bool:
+    """Every one of the end's ``top`` tokens is in the class (or every class member is in it):
+    the enrichment is at its ceiling, log2(N / min(K, n_class)), and cannot show more."""
+    return e["n_in_end"] >= min(top, e["n_in_population"])
+
+
 def classes_figure(result: dict[str, Any]) -> bytes:
     plt = _plt()
+    alpha = result["options"]["alpha"]
     fig, axes = plt.subplots(2, 2, figsize=(11, 9), squeeze=False)
     for i, scope in enumerate(("context", "vocab")):
+        top = result["options"]["top_used"][scope]["k"]
         for j, end in enumerate(("amplified", "suppressed")):
 
             def best(e: dict[str, Any], end: str = end) -> Any:
                 s = e["strongest"][end]
                 return None if s is None else s["log2_enrichment"]
 
-            def name(e: dict[str, Any], end: str = end) -> str:
+            def name(e: dict[str, Any], end: str = end, top: int = top) -> str:
                 s = e["strongest"][end]
-                return "" if s is None else s["class"].replace("_", "\n")
+                if s is None:
+                    return ""
+                return s["class"].replace("_", "\n") + (" (max)" if _saturated(s, top) else "")
 
             g = _grid(result["heads"], scope, best)
             rows = [h for h in result["heads"] if h["scope"] == scope]
             labels = np.full(g.shape, "", dtype=object)
             for h in rows:
                 labels[h["layer"], h["head"]] = name(h)
+            ax = axes[i, j]
+            title = f"{scope}: strongest significant {end} class"
+            if np.all(np.isnan(g)):  # no colour scale to show: say so instead
+                _heatmap(ax, np.zeros_like(g), title, cmap="Greys", vmin=0, vmax=1)
+                ax.text(
+                    0.5, 0.5, f"no head has a class\nwith q < {alpha:g}", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=11,
+                )  # fmt: skip
+                continue
             im = _heatmap(
-                axes[i, j],
+                ax,
                 g,
-                f"{scope}: strongest significant {end} class\n"
-                "(colour: log2 enrichment; blank: none with q < alpha)",
+                title + "\n(colour: log2 enrichment; blank: none with q < alpha;\n"
+                "(max): all top tokens in the class, the enrichment's ceiling)",
                 labels,
                 cmap="Oranges" if end == "amplified" else "Blues",
                 vmin=0,
             )
-            fig.colorbar(im, ax=axes[i, j], shrink=0.8)
+            fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
     return _png(fig)
 
@@ -161,7 +189,7 @@ def _label(token: str) -> str:
 def top_tokens_figure(result: dict[str, Any]) -> bytes:
     plt = _plt()
     heads = most_selective(result["heads"], N_BAR_HEADS)
-    fig, axes = plt.subplots(len(heads), 1, figsize=(10, 3.2 * len(heads)), squeeze=False)
+    fig, axes = plt.subplots(len(heads), 1, figsize=(12, 3.6 * len(heads)), squeeze=False)
     for ax, h in zip(axes[:, 0], heads, strict=True):
         toks = h["top_tokens"][:N_BAR_TOKENS] + h["bottom_tokens"][:N_BAR_TOKENS][::-1]
         vals = [t["bonus"] for t in toks]
@@ -170,7 +198,10 @@ def top_tokens_figure(result: dict[str, Any]) -> bytes:
         )
         ax.bar(range(len(toks)), vals, color=colors)
         ax.set_xticks(range(len(toks)))
-        ax.set_xticklabels([_label(t["token"]) for t in toks], rotation=70, fontsize=7)
+        labels = [_label(t["token"]) for t in toks]
+        short = max((len(x) for x in labels), default=0) <= 3  # characters: upright
+        ax.set_xticklabels(labels, rotation=0 if short else 45, ha="center" if short else "right",
+                           fontsize=10 if short else 9)  # fmt: skip
         ax.axhline(0, color="black", lw=0.5)
         ax.set_ylabel("bonus (nats)")
         ax.set_title(

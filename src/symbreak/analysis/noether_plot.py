@@ -20,7 +20,7 @@ import numpy as np
 from symbreak.analysis.options import NOETHER_QUANTITIES
 from symbreak.atomic import fsync_dir
 from symbreak.errors import SymbreakError
-from symbreak.plotting import require_matplotlib
+from symbreak.plotting import check_labels, require_matplotlib
 from symbreak.train.noether_log import FILENAME
 
 SECTOR_NAMES = {"qk": "Q-K", "vo": "V-O"}
@@ -140,6 +140,7 @@ def plot(runs: list[RunCharges], out: Path, quantity: str = "charge") -> None:
     handles = [Line2D([], [], color=c, lw=1.4) for c in colours]
     handles += [Line2D([], [], color="k", lw=1.4), Line2D([], [], color="k", lw=0.9, ls="--")]
     labels = [r.label for r in runs] + ["median over heads", "max over heads"]
+    check_labels(labels)
     fig.legend(handles, labels, loc="outside upper center", ncols=2, fontsize="small")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

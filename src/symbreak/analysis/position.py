@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from symbreak.model import GPT
+from symbreak.plotting import check_labels
 from symbreak.seeding import keyed_seed
 
 DEFAULT_ALPHA = 1e-3
@@ -241,6 +242,7 @@ def plot_probes(probes: list[PositionProbe], r2_png: str, sim_png: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    check_labels(p.label for p in probes)
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.add_subplot()
     for i, p in enumerate(probes):

@@ -23,6 +23,7 @@ from symbreak.eval.scoring import (
     Summary,
 )
 from symbreak.jsonio import write_json_atomic
+from symbreak.plotting import check_labels
 
 COMPLETION_COLUMNS = ("top1", "top5", "rank", "first_ce", "answer_ce")
 COMPARISON_COLUMNS = ("preferred", "ce_prompt", "ce_compare", "ppl_ratio")
@@ -278,6 +279,7 @@ def plot_compare(path: Path, names: Sequence[str], summaries: Sequence[Summary])
 
     cats = list(summaries[0].categories)
     labels = [*cats, "macro"]
+    check_labels(names)
     fig = Figure(figsize=(max(6.0, 1.1 * len(labels) + 2), 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()

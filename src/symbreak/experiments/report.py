@@ -31,7 +31,7 @@ from symbreak.experiments.collect import (
 )
 from symbreak.jsonio import write_json_atomic
 from symbreak.outputs import portable_path
-from symbreak.plotting import pyplot
+from symbreak.plotting import check_labels, pyplot
 from symbreak.provenance import provenance
 
 EVAL_METRICS = ("macro_acc", "answer_ce")
@@ -413,7 +413,8 @@ def _style(ax: Any, title: str, ylabel: str) -> None:
     ax.set_xlabel("tokens")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    handles = ax.get_legend_handles_labels()[0]
+    handles, labels = ax.get_legend_handles_labels()
+    check_labels([title, *labels])
     if len(handles) > 6:  # many variants: beside the panel, not over the curves
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     elif handles:

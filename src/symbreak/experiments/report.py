@@ -10,6 +10,10 @@ training, with its 95% CI band).
 Paths in the report (each run's directory, the sweep directory) are relative to DIR, so a
 results folder holding the sweep and its report can be moved or published as it is; the
 ``provenance`` entry names the symbreak version and git commit that wrote the report.
+
+``--from-json`` (:func:`rebuild_report`) recomputes the cells and differences of a report from
+the per-run figures its report.json stores (:class:`StoredRun`), through the same code, so a
+published report gains later statistics (the correction for multiplicity) without its runs.
 """
 
 from __future__ import annotations

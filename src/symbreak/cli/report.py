@@ -22,7 +22,17 @@ def register(subparsers: Any) -> None:
         "alternative). Writes report.md, report.json and PNG curves (default: "
         "SWEEP_DIR/report/, or ./report/ for loose runs).",
     )
-    p.add_argument("runs", nargs="+", type=Path, metavar="SWEEP_DIR|RUN_DIR")
+    p.add_argument("runs", nargs="*", type=Path, metavar="SWEEP_DIR|RUN_DIR")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        metavar="REPORT_JSON",
+        help="recompute a loss report's cells and differences (with the correction for "
+        "multiple comparisons) from the per-run figures in its report.json, without the run "
+        "directories; keeps its difference curves and figures and rewrites report.md and "
+        "report.json (in --out, default the JSON's directory)",
+    )
     p.add_argument(
         "--baseline",
         metavar="VARIANT",
@@ -32,9 +42,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--metric",
         choices=("val_loss", "best_val_loss"),
-        default="val_loss",
+        default=None,
         help="the figure the differences and significance are about (default: val_loss, the "
-        "final fixed-set validation loss)",
+        "final fixed-set validation loss; with --from-json, the stored report's)",
     )
     p.add_argument(
         "--eval",
@@ -67,10 +77,23 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.from_json is not None:
+        from symbreak.experiments.report import rebuild_report
+
+        if args.runs or args.eval or args.task != "loss":
+            raise ExperimentError(
+                "--from-json takes no SWEEP_DIR|RUN_DIR, --eval or --task addition: it "
+                "recomputes a loss report from its report.json alone"
+            )
+        return rebuild_report(args.from_json, args.out, args.baseline, args.metric)
+    if not args.runs:
+        raise ExperimentError(
+            "give a sweep directory or run directories to report (or --from-json REPORT_JSON)"
+        )
     if args.task == "addition":
         from symbreak.experiments.addition_report import build_addition_report
 
-        if args.eval or args.baseline or args.metric != "val_loss":
+        if args.eval or args.baseline or args.metric is not None:
             raise ExperimentError(
                 "--task addition takes none of --eval, --baseline, --metric (it reports exact "
                 "match, steps to --threshold and the probes)"
@@ -87,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     return build_report(
         args.runs,
         baseline=args.baseline,
-        metric=args.metric,
+        metric=args.metric or "val_loss",
         with_eval=args.eval,
         out=args.out,
         plot_figures=not args.no_plot,

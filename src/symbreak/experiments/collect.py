@@ -74,6 +74,10 @@ class Record:
         return self.steps[-1]
 
     @property
+    def final_tokens(self) -> int:
+        return self.tokens[-1]
+
+    @property
     def best(self) -> tuple[float, int]:
         """(lowest fixed-set val loss, its step); ties: the earlier step."""
         i = min(range(len(self.val_loss)), key=lambda j: (self.val_loss[j], j))
@@ -95,7 +99,7 @@ class Record:
             "final_step": self.final_step,
             "best_val_loss": best,
             "best_step": best_step,
-            "tokens": self.tokens[-1],
+            "tokens": self.final_tokens,
             "tok_per_s": self.tok_per_s,
             "eval": self.eval,
         }

@@ -10,13 +10,20 @@ training, with its 95% CI band).
 Paths in the report (each run's directory, the sweep directory) are relative to DIR, so a
 results folder holding the sweep and its report can be moved or published as it is; the
 ``provenance`` entry names the symbreak version and git commit that wrote the report.
+
+``--from-json`` (:func:`rebuild_report`) recomputes the cells and differences of a report from
+the per-run figures its report.json stores (:class:`StoredRun`), through the same code, so a
+published report gains later statistics (the correction for multiplicity) without its runs.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +42,10 @@ from symbreak.plotting import check_labels, pyplot
 from symbreak.provenance import provenance
 
 EVAL_METRICS = ("macro_acc", "answer_ce")
+FIGURES = ("curves.png", "differences.png")
 
 
-def _value(r: Record, metric: str) -> float:
+def _value(r: Record | StoredRun, metric: str) -> float:
     if metric == "val_loss":
         return r.final_val_loss
     if metric == "best_val_loss":
@@ -45,8 +53,9 @@ def _value(r: Record, metric: str) -> float:
     return float(r.eval[metric]) if r.eval else math.nan
 
 
-def _cells(records: list[Record]) -> dict[tuple[str, str], list[Record]]:
-    cells: dict[tuple[str, str], list[Record]] = {}
+def _cells(records: list[Any]) -> dict[tuple[str, str], list[Any]]:
+    """Records (:class:`Record` or :class:`StoredRun`) by (panel, variant), in seed order."""
+    cells: dict[tuple[str, str], list[Any]] = {}
     for r in records:
         cells.setdefault((r.panel, r.variant), []).append(r)
     for (panel, variant), rs in cells.items():
@@ -61,14 +70,10 @@ def _cells(records: list[Record]) -> dict[tuple[str, str], list[Record]]:
     return cells
 
 
-def build(
-    col: Collection, metric: str, with_eval: bool, out: Path | None = None
-) -> dict[str, Any]:
-    """Every figure of the report, as JSON-ready data; paths relative to ``out``, the report's
-    directory (absolute without it)."""
-    cells = _cells(col.records)
-    metrics = ["val_loss", "best_val_loss"] + (list(EVAL_METRICS) if with_eval else [])
-    cell_rows = []
+def _cell_rows(
+    cells: dict[tuple[str, str], list[Any]], metrics: list[str], out: Path | None
+) -> list[dict[str, Any]]:
+    rows = []
     for (panel, variant), rs in cells.items():
         row: dict[str, Any] = {
             "panel": panel,
@@ -77,45 +82,90 @@ def build(
             "runs": [portable_path(r.run_dir, out) for r in rs],
             "final_step": sorted({r.final_step for r in rs}),
             "best_step": stats.describe([r.best[1] for r in rs]),
-            "tokens": stats.describe([r.tokens[-1] for r in rs]),
+            "tokens": stats.describe([r.final_tokens for r in rs]),
             "tok_per_s": stats.describe([r.tok_per_s for r in rs]),
         }
         for m in metrics:
             row[m] = stats.describe([_value(r, m) for r in rs])
-        cell_rows.append(row)
+        rows.append(row)
+    return rows
+
+
+def _pairs(
+    cells: dict[tuple[str, str], list[Any]], baseline: str | None
+) -> list[tuple[str, str, list[tuple[Any, Any]]]]:
+    """(panel, variant, [(run, the baseline's run of the same seed)]) for every variant with at
+    least one seed in common with the baseline of its panel."""
+    out = []
+    if baseline is None:
+        return out
+    for (panel, variant), rs in cells.items():
+        base = cells.get((panel, baseline))
+        if variant == baseline or base is None:
+            continue
+        by_seed = {r.seed: r for r in base}
+        pairs = [(r, by_seed[r.seed]) for r in rs if r.seed in by_seed]
+        if pairs:
+            out.append((panel, variant, pairs))
+    return out
+
+
+def _differences(
+    cells: dict[tuple[str, str], list[Any]], baseline: str | None, metrics: list[str]
+) -> list[dict[str, Any]]:
+    """Every variant's paired difference to the baseline, per metric, corrected for the
+    multiplicity of each metric's family (:func:`_correct_for_multiplicity`)."""
     diffs = []
+    for panel, variant, pairs in _pairs(cells, baseline):
+        for m in metrics:
+            d = stats.paired([_value(a, m) for a, _ in pairs], [_value(b, m) for _, b in pairs])
+            diffs.append(
+                {
+                    "panel": panel,
+                    "variant": variant,
+                    "baseline": baseline,
+                    "metric": m,
+                    "seeds": [a.seed for a, _ in pairs],
+                    **d,
+                }
+            )
+    _correct_for_multiplicity(diffs, cells, baseline)
+    return diffs
+
+
+def _methods() -> dict[str, str]:
+    return {
+        "cells": stats.CELL_METHOD,
+        "differences": stats.DIFF_METHOD,
+        "val_loss": "the last fixed-set validation loss in metrics.csv (train.eval_tokens "
+        "held-out tokens, the same windows at every evaluation)",
+        "best_val_loss": "the lowest fixed-set validation loss over the run's evaluations "
+        "(not a single batch)",
+        "tok_per_s": "median of the logged tok_per_s",
+        "significance": "'*': the Bonferroni-corrected CI (level 1 - 0.05/m over the m "
+        f"differences of that metric) excludes 0; fewer than {stats.MIN_PAIRS} pairs: "
+        "inconclusive whatever the p-value",
+    }
+
+
+def build(
+    col: Collection, metric: str, with_eval: bool, out: Path | None = None
+) -> dict[str, Any]:
+    """Every figure of the report, as JSON-ready data; paths relative to ``out``, the report's
+    directory (absolute without it)."""
+    cells = _cells(col.records)
+    metrics = ["val_loss", "best_val_loss"] + (list(EVAL_METRICS) if with_eval else [])
     diff_metrics = [metric] + (list(EVAL_METRICS) if with_eval else [])
     curves_diff = []
-    if col.baseline is not None:
-        for (panel, variant), rs in cells.items():
-            base = cells.get((panel, col.baseline))
-            if variant == col.baseline or base is None:
-                continue
-            by_seed = {r.seed: r for r in base}
-            pairs = [(r, by_seed[r.seed]) for r in rs if r.seed in by_seed]
-            if not pairs:
-                continue
-            for m in diff_metrics:
-                d = stats.paired([_value(a, m) for a, _ in pairs], [_value(b, m) for _, b in pairs])
-                diffs.append(
-                    {
-                        "panel": panel,
-                        "variant": variant,
-                        "baseline": col.baseline,
-                        "metric": m,
-                        "seeds": [a.seed for a, _ in pairs],
-                        **d,
-                    }
-                )
-            curve = stats.paired_curve(
-                [a.steps for a, _ in pairs],
-                [a.val_loss for a, _ in pairs],
-                [b.steps for _, b in pairs],
-                [b.val_loss for _, b in pairs],
-            )
-            curve["tokens"] = [s * _tokens_per_step(pairs[0][0]) for s in curve["steps"]]
-            curves_diff.append({"panel": panel, "variant": variant, **curve})
-    _correct_for_multiplicity(diffs, cells, col.baseline)
+    for panel, variant, pairs in _pairs(cells, col.baseline):
+        curve = stats.paired_curve(
+            [a.steps for a, _ in pairs],
+            [a.val_loss for a, _ in pairs],
+            [b.steps for _, b in pairs],
+            [b.val_loss for _, b in pairs],
+        )
+        curve["tokens"] = [s * _tokens_per_step(pairs[0][0]) for s in curve["steps"]]
+        curves_diff.append({"panel": panel, "variant": variant, **curve})
     return {
         "title": col.title,
         "source": col.source,
@@ -124,20 +174,10 @@ def build(
         "variant_axis": col.variant_axis,
         "baseline": col.baseline,
         "skipped_unfinished": col.skipped,
-        "methods": {
-            "cells": stats.CELL_METHOD,
-            "differences": stats.DIFF_METHOD,
-            "val_loss": "the last fixed-set validation loss in metrics.csv (train.eval_tokens "
-            "held-out tokens, the same windows at every evaluation)",
-            "best_val_loss": "the lowest fixed-set validation loss over the run's evaluations "
-            "(not a single batch)",
-            "tok_per_s": "median of the logged tok_per_s",
-            "significance": f"'*': the paired 95% CI excludes 0; fewer than {stats.MIN_PAIRS} "
-            "pairs: inconclusive whatever the p-value",
-        },
+        "methods": _methods(),
         "runs": [r.to_json(out) for r in col.records],
-        "cells": cell_rows,
-        "differences": diffs,
+        "cells": _cell_rows(cells, metrics, out),
+        "differences": _differences(cells, col.baseline, diff_metrics),
         "difference_curves": curves_diff,
         "provenance": provenance(),
     }
@@ -185,6 +225,14 @@ def markdown(data: dict[str, Any], figures: list[str]) -> str:
         f"{', '.join(map(str, n_seeds))}. Figures: mean ± sd [95% CI] over seeds "
         "(Student t, n-1 df). Losses in nats on the fixed held-out set.",
     ]
+    if data.get("recomputed_from"):
+        lines += [
+            "",
+            f"Cells and differences recomputed from the per-run figures in "
+            f"`{data['recomputed_from']['report']}` (`symbreak report --from-json`); the "
+            "difference curves and figures are the original report's, since per-run curves are "
+            "not stored in it.",
+        ]
     if data["skipped_unfinished"]:
         lines += ["", f"Not finished, left out: {', '.join(data['skipped_unfinished'])}."]
     header = [
@@ -473,6 +521,178 @@ def build_report(
     data = build(col, metric, with_eval, out)
     out.mkdir(parents=True, exist_ok=True)
     figures = plot(data, col, out) if plot_figures else []
+    write_report(out, markdown(data, figures), data, figures, echo)
+    return 0
+
+
+@dataclass
+class StoredRun:
+    """A run as a report.json stores it: its final figures, not its validation curve, which
+    is all the cells and differences of a report need."""
+
+    run_dir: Path
+    panel: str
+    variant: str
+    seed: int
+    final_val_loss: float
+    final_step: int
+    best_val_loss: float
+    best_step: int
+    final_tokens: int
+    tok_per_s: float
+    eval: dict[str, float] | None
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def best(self) -> tuple[float, int]:
+        return self.best_val_loss, self.best_step
+
+    def to_json(self, base: Path | None = None) -> dict[str, Any]:
+        return {
+            "run_dir": portable_path(self.run_dir, base),
+            "panel": self.panel,
+            "variant": self.variant,
+            "seed": self.seed,
+            "final_val_loss": self.final_val_loss,
+            "final_step": self.final_step,
+            "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
+            "tokens": self.final_tokens,
+            "tok_per_s": self.tok_per_s,
+            "eval": self.eval,
+        }
+
+
+def _nan(x: Any) -> float:
+    return math.nan if x is None else float(x)  # strict JSON stores NaN as null
+
+
+def read_stored_report(path: Path) -> tuple[dict[str, Any], list[StoredRun]]:
+    """A loss report's report.json and its runs; run directories resolved against the file's
+    directory (where the report stored them relative to)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ExperimentError(f"--from-json {path} does not exist; give a report.json") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ExperimentError(f"--from-json {path} is not readable JSON ({e})") from None
+    where = path.resolve().parent
+    try:
+        if "threshold" in data:
+            raise ExperimentError(
+                f"--from-json {path} is an addition report (--task addition): it has no "
+                "differences to recompute"
+            )
+        runs = [
+            StoredRun(
+                run_dir=where / r["run_dir"],
+                panel=str(r["panel"]),
+                variant=str(r["variant"]),
+                seed=int(r["seed"]),
+                final_val_loss=_nan(r["final_val_loss"]),
+                final_step=int(r["final_step"]),
+                best_val_loss=_nan(r["best_val_loss"]),
+                best_step=int(r["best_step"]),
+                final_tokens=int(r["tokens"]),
+                tok_per_s=_nan(r["tok_per_s"]),
+                eval=r.get("eval"),
+            )
+            for r in data["runs"]
+        ]
+        missing = [k for k in ("title", "metric", "baseline") if k not in data]
+        if missing:
+            raise KeyError(missing[0])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ExperimentError(
+            f"--from-json {path} is not a report.json of `symbreak report` (bad or missing "
+            f"entry {e}); give the report.json a loss report wrote"
+        ) from None
+    if not runs:
+        raise ExperimentError(f"--from-json {path} lists no runs; nothing to recompute")
+    return data, runs
+
+
+def rebuild(
+    old: dict[str, Any],
+    runs: list[StoredRun],
+    source: Path,
+    out: Path,
+    baseline: str | None = None,
+    metric: str | None = None,
+) -> dict[str, Any]:
+    """The report of :func:`build` recomputed from a stored report's per-run figures: cells and
+    differences (with the correction for multiplicity) anew, the difference curves as stored
+    (a curve needs every run's evaluations, which report.json does not keep)."""
+    baseline = old["baseline"] if baseline is None else baseline
+    variants = list(dict.fromkeys(r.variant for r in runs))
+    if baseline is not None and baseline not in variants:
+        raise ExperimentError(
+            f"--baseline '{baseline}' is not a variant here; variants: {', '.join(variants)}"
+        )
+    metric = metric or old["metric"]
+    with_eval = any(r.eval for r in runs)
+    cells = _cells(runs)
+    metrics = ["val_loss", "best_val_loss"] + (list(EVAL_METRICS) if with_eval else [])
+    diff_metrics = [metric] + (list(EVAL_METRICS) if with_eval else [])
+    where = source.resolve().parent
+    earlier = old.get("recomputed_from") or {}
+    curves = old.get("difference_curves", []) if baseline == old["baseline"] else []
+    return {
+        "title": old["title"],
+        "source": old.get("source"),
+        "sweep_dir": portable_path(where / old["sweep_dir"], out) if old.get("sweep_dir") else None,
+        "metric": metric,
+        "variant_axis": old.get("variant_axis"),
+        "baseline": baseline,
+        "skipped_unfinished": old.get("skipped_unfinished", []),
+        "methods": {
+            **_methods(),
+            "recomputed": "cells and differences recomputed from the per-run figures of an "
+            "earlier report.json (symbreak report --from-json); difference_curves copied from "
+            "it",
+        },
+        "runs": [r.to_json(out) for r in runs],
+        "cells": _cell_rows(cells, metrics, out),
+        "differences": _differences(cells, baseline, diff_metrics),
+        "difference_curves": curves,
+        # The runs' own provenance (the code that trained and measured them) is the first
+        # report's; null where that report predates provenance records.
+        "recomputed_from": {
+            "report": portable_path(source, out),
+            "provenance": earlier.get("provenance", old.get("provenance")),
+        },
+        "provenance": provenance(),
+    }
+
+
+def rebuild_report(
+    source: Path,
+    out: Path | None = None,
+    baseline: str | None = None,
+    metric: str | None = None,
+    echo: Callable[[str], None] = print,
+) -> int:
+    """Recompute a loss report from its report.json alone (the run directories need not
+    exist) and write report.md and report.json into ``out`` (default: the JSON's directory,
+    which it replaces), keeping the figures found beside the JSON. What ``symbreak report
+    --from-json`` does; returns an exit code (0)."""
+    if out is not None and out.exists() and not out.is_dir():
+        raise ExperimentError(f"--out {out} is a file; give a directory for the report")
+    old, runs = read_stored_report(source)
+    out = out or source.parent
+    data = rebuild(old, runs, source, out, baseline, metric)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = []
+    for name in FIGURES:
+        if name == "differences.png" and not data["difference_curves"]:
+            continue
+        if (source.parent / name).is_file():
+            if (source.parent / name).resolve() != (out / name).resolve():
+                shutil.copyfile(source.parent / name, out / name)
+            figures.append(name)
     write_report(out, markdown(data, figures), data, figures, echo)
     return 0
 

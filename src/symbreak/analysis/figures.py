@@ -44,6 +44,12 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def primary_heads(heads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries of the direction evaluation adds (with several bQ components, the mean's):
+    the grids have one cell per layer and head."""
+    return [h for h in heads if h.get("component", "mean") == "mean"]
+
+
 def _grid(heads: list[dict[str, Any]], scope: str, key: Any) -> np.ndarray:
     rows = [h for h in heads if h["scope"] == scope]
     n_layer = max(h["layer"] for h in rows) + 1
@@ -82,10 +88,12 @@ def _heatmap(
 
 def selectivity_figure(result: dict[str, Any]) -> bytes:
     plt = _plt()
-    panels = [("context", result["heads"], "context: selectivity (nats)")]
-    panels.append(("vocab", result["heads"], "vocab, layer 0: selectivity (nats)"))
+    panels = [("context", primary_heads(result["heads"]), "context: selectivity (nats)")]
+    panels.append(("vocab", primary_heads(result["heads"]), "vocab, layer 0: selectivity (nats)"))
     if result.get("baseline"):
-        panels.append(("context", result["baseline"]["heads"], "baseline context (symmetric)"))
+        panels.append(
+            ("context", primary_heads(result["baseline"]["heads"]), "baseline context (symmetric)")
+        )
     grids = [_grid(h, s, lambda e: e["selectivity"]) for s, h, _ in panels]
     vmax = max(float(np.nanmax(g)) for g in grids)
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
@@ -120,8 +128,8 @@ def classes_figure(result: dict[str, Any]) -> bytes:
                 s = e["strongest"][end]
                 return "" if s is None else s["class"].replace("_", "\n")
 
-            g = _grid(result["heads"], scope, best)
-            rows = [h for h in result["heads"] if h["scope"] == scope]
+            g = _grid(primary_heads(result["heads"]), scope, best)
+            rows = [h for h in primary_heads(result["heads"]) if h["scope"] == scope]
             labels = np.full(g.shape, "", dtype=object)
             for h in rows:
                 labels[h["layer"], h["head"]] = name(h)
@@ -160,7 +168,7 @@ def _label(token: str) -> str:
 
 def top_tokens_figure(result: dict[str, Any]) -> bytes:
     plt = _plt()
-    heads = most_selective(result["heads"], N_BAR_HEADS)
+    heads = most_selective(primary_heads(result["heads"]), N_BAR_HEADS)
     fig, axes = plt.subplots(len(heads), 1, figsize=(10, 3.2 * len(heads)), squeeze=False)
     for ax, h in zip(axes[:, 0], heads, strict=True):
         toks = h["top_tokens"][:N_BAR_TOKENS] + h["bottom_tokens"][:N_BAR_TOKENS][::-1]
@@ -183,7 +191,7 @@ def top_tokens_figure(result: dict[str, Any]) -> bytes:
 
 def position_figure(result: dict[str, Any]) -> bytes:
     plt = _plt()
-    rows = [h for h in result["heads"] if h["scope"] == "context"]
+    rows = [h for h in primary_heads(result["heads"]) if h["scope"] == "context"]
     n_layer = max(h["layer"] for h in rows) + 1
     profiles = np.array([[np.nan if v is None else v for v in h["position_profile"]] for h in rows])
     layers = np.array([h["layer"] for h in rows])

@@ -635,7 +635,7 @@ class Config:
         for kind in ("q", "v"):
             key, k = f"sb.{kind}_components", getattr(sb, f"{kind}_components")
             _require(k >= 1, key, f"must be at least 1 (1: a single {kind} bias), got {k}")
-            if k == 1:
+            if k == 1 or not getattr(sb, kind):
                 continue
             _require(
                 k <= d_head,
@@ -654,7 +654,9 @@ class Config:
                 f"non-zero sb.{kind}_mean or use the zero-mean control with {kind}_components=1",
             )
         _require(
-            min(sb.q_components, sb.v_components) == 1 or sb.q_components == sb.v_components,
+            not (sb.q and sb.v)
+            or min(sb.q_components, sb.v_components) == 1
+            or sb.q_components == sb.v_components,
             "sb.v_components",
             f"{sb.v_components} differs from sb.q_components={sb.q_components}; with both above "
             "1 they must be equal (component k of bQ goes with component k of bV)",

@@ -182,7 +182,8 @@ class GPT(nn.Module):
         the mixture's log-probabilities ``log (1/K) sum_k softmax(h_k W^T)``."""
         if len(hs) == 1:
             return self.output(hs[0])
-        logp = torch.stack([F.log_softmax(self.output(h).float(), dim=-1) for h in hs])
+        acc = torch.float64 if hs[0].dtype == torch.float64 else torch.float32
+        logp = torch.stack([F.log_softmax(self.output(h).to(acc), dim=-1) for h in hs])
         return torch.logsumexp(logp, dim=0) - math.log(len(hs))
 
     def _mixture_forward(

@@ -268,3 +268,44 @@ def test_analysis_of_the_zero_mean_control_probes_the_ones_direction():
     for h in result["heads"]:
         assert h["selectivity"] is not None and math.isfinite(h["selectivity"])
         assert h["null_percentile"] is not None
+
+
+@pytest.mark.slow
+def test_analyze_command_on_component_and_zero_mean_runs(tmp_path, make_run, capsys):
+    import json
+
+    from symbreak.cli import main
+    from symbreak.data import prepare_texts
+
+    text = "".join(f"If the cat is {i % 7}, then (x) = {{y}}; the {i % 11} dogs ran.\n"
+                   for i in range(300))  # fmt: skip
+    prepare_texts([("doc", text)], tmp_path / "data", show_progress=False)
+
+    def run(name: str, **sb) -> str:
+        return str(make_run(tmp_path, name, sb=sb, data=tmp_path / "data").path)
+
+    multi = run("multi", q=True, v=True, q_components=3, eval="mixture")
+    zero = run("zero", q=True, v=True, q_mean=0.0, v_mean=0.0)
+    sym = run("sym", v=True)
+    fast = ["--tokens", "3000", "--top", "10", "--permutations", "50", "--null-directions", "10",
+            "--min-count", "3", "--device", "cpu"]  # fmt: skip
+    assert main(["analyze", multi, *fast, "--out", str(tmp_path / "m")]) == 0
+    result = json.loads((tmp_path / "m" / "analysis.json").read_text())
+    assert {h["component"] for h in result["heads"]} == {0, 1, 2, "mean"}
+    assert (tmp_path / "m" / "report.html").exists()
+    assert main(["analyze", zero, *fast, "--baseline", sym, "--out", str(tmp_path / "z")]) == 0
+    result = json.loads((tmp_path / "z" / "analysis.json").read_text())
+    assert result["direction"]["zero_mean"] and "zero-mean" in result["direction"]["source"]
+    assert result["baseline"]["direction"]["layers"] == result["direction"]["layers"]
+    for h in result["heads"] + result["baseline"]["heads"]:
+        assert math.isfinite(h["selectivity"]) and math.isfinite(h["null_percentile"])
+    assert "zero-mean control" in capsys.readouterr().out
+
+
+def test_report_labels_name_components_and_the_zero_mean():
+    from symbreak.experiments.collect import sb_label
+
+    base = {"sb.q": True, "sb.v": True, "sb.v_mean": 0.5}
+    assert sb_label(base) == "bQ+bV(mV=0.5)"
+    assert sb_label({**base, "sb.q_components": 4}) == "bQx4+bV(mV=0.5)"
+    assert sb_label({**base, "sb.q_mean": 0.0, "sb.v_mean": 0.0}) == "bQ+bV(mQ=0)"

@@ -52,6 +52,10 @@ CASES = {
         {},
         {"q": True, "k": True, "v": True, "mode": "learned", "per_head": True},
     ),
+    "gelu-qv-4components-mean": (  # folds the average of the component means
+        {"activation": "gelu"},
+        {"q": True, "v": True, "v_mean": 0.5, "q_components": 4, "per_head": True},
+    ),
     "gelu-qv-fixed-nobias-nope": (
         {"activation": "gelu", "bias": False, "pos_encoding": "none"},
         {"q": True, "v": True, "mode": "fixed"},
@@ -127,6 +131,10 @@ def test_export_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str], ran
     argv = ["export", str(run_dir), "--out", str(tmp_path / "a"), "--sb-eval", "mean"]
     assert main(argv) == 2  # --out is not empty
     assert "already exists" in capsys.readouterr().err
+    multi, _ = random_run("m", {}, {"q": True, "q_components": 4, "eval": "mixture"})
+    assert main(["export", str(multi), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "4 bias components" in err and "--sb-eval mean" in err and err.count("\n") == 1
     char_run, _ = random_run("c", {"vocab_size": 65}, {})
     assert main(["export", str(char_run), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err

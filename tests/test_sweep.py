@@ -349,7 +349,8 @@ def test_grid_errors_are_experiment_errors(tmp_path, corpus_cache):
 def test_shipped_grids_parse(capsys):
     root = Path(__file__).resolve().parent.parent / "configs"
     grids = [*sorted((root / "sweeps").glob("*.toml")), root / "paper" / "sweep.toml",
-             root / "cpu-study" / "tune.toml"]
+             root / "paper" / "variants.toml", root / "cpu-study" / "tune.toml",
+             root / "cpu-study" / "variants.toml"]
     assert len(grids) >= 4
     for g in grids:
         assert main(["sweep", str(g), "--dry-run", "--executor", "slurm"]) == 0
@@ -387,13 +388,37 @@ def test_paper_recipes_agree_with_the_paper_sweep():
 
     root = Path(__file__).resolve().parent.parent / "configs" / "paper"
     cells = {c.name: c for c in load_grid(root / "sweep.toml").cells()}
-    files = sorted(p for p in root.glob("*.toml") if p.name not in ("base.toml", "sweep.toml"))
-    assert len(files) == 4 * 4 * 2
+    newest = {c.name: c for c in load_grid(root / "variants.toml").cells()}
+    for name in set(cells) & set(newest):  # the cells both grids hold are the same runs
+        assert identity(cells[name].config) == identity(newest[name].config), name
+    assert len(set(newest) - set(cells)) == 2 * 2 * 3  # zero-mean and multi4bQ cells
+    cells.update(newest)
+    grids = ("base.toml", "sweep.toml", "variants.toml")
+    files = sorted(p for p in root.glob("*.toml") if p.name not in grids)
+    assert len(files) == 4 * 4 * 2 + 2 * 2
     for path in files:
         cfg = load_config(path, ["train.seed=0"])
         cell = cells[f"{path.stem.rsplit('-', 1)[0]}-{path.stem.rsplit('-', 1)[1]}-seed0"]
         assert identity(cfg) == identity(cell.config), path.name
         assert cfg.model.n_layer == 12 and cfg.train.max_tokens == 500_000_000
+    multi = load_config(root / "adamw-multi4bQ-gelu.toml")
+    assert (multi.sb.q_components, multi.sb.v_mean) == (4, 0.0)
     ecd = load_config(root / "ecd-bQbV-prelu.toml")
     assert (ecd.optim.lr, ecd.optim.eta, ecd.optim.F0, ecd.sb.q, ecd.sb.v) == (1.0, 100.0, 2.0,
                                                                               True, True)
+
+
+def test_cpu_variants_share_the_study_cells():
+    from symbreak.experiments.cells import identity
+
+    root = Path(__file__).resolve().parent.parent / "configs" / "cpu-study"
+    study = {c.name: c for c in load_grid(root / "study.toml").cells()}
+    variants = {c.name: c for c in load_grid(root / "variants.toml").cells()}
+    shared = set(study) & set(variants)
+    assert len(shared) == 2 * 2 * 3  # {adamw, ecd} x {sym, bQbV} x 3 seeds
+    assert load_grid(root / "study.toml").sweep_dir == load_grid(root / "variants.toml").sweep_dir
+    for name in shared:
+        assert identity(study[name].config) == identity(variants[name].config), name
+    assert len(variants) == 2 * 4 * 3
+    multi = variants["ecd-multi4bQ-seed2"].config
+    assert (multi.sb.q_components, multi.optim.lr, multi.train.max_steps) == (4, 0.3, 3000)

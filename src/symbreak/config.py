@@ -37,7 +37,8 @@ MAX_THREADS = 1024  # a sanity bound: torch starts that many OS threads at its f
 # that use them, so that building the command-line parser imports no torch).
 POS_ENCODINGS = ("learned", "sinusoidal", "rope", "alibi", "none")  # model/positional.py
 MASKS = ("causal", "bidirectional")
-SB_EVAL_CHOICES = ("mean", "sample", "zero")  # sb.eval: the biases at evaluation
+SB_EVAL_CHOICES = ("mean", "sample", "zero", "mixture")  # sb.eval: the biases at evaluation
+COMPONENT_UNITS = ("batch", "sequence")  # sb.component_unit: what picks a bias component
 
 
 def _choices(*values: str, default: str, doc: str = "") -> Any:
@@ -170,10 +171,30 @@ class SBConfig:
     eval: str = _choices(
         *SB_EVAL_CHOICES,
         default="mean",
-        doc="biases at evaluation and inference: `mean`, `sample`, or `zero` (for "
-        "`fixed`/`learned`, `mean` is the vector itself)",
+        doc="biases at evaluation and inference: `mean` (with several components: the average "
+        "of their means), `sample`, `zero`, or `mixture` (the next-token distribution averaged "
+        "over the components at their means: one forward per component; with one component "
+        "it equals `mean`). For `fixed`/`learned`, `mean` is the vector itself",
     )
     seed: int | None = _doc("seed of the bias draws", None, shown="`train.seed`")
+    q_components: int = _doc(
+        "preferred bQ directions per layer (per head with `per_head`): component 0 is "
+        "`q_mean` in every dimension, the others orthogonal to it and to each other at the same "
+        "norm; each draw picks one and draws around it (docs/variants.md). At most the head "
+        "dimension; needs `mode=batch` and a non-zero `q_mean`",
+        1,
+    )
+    v_components: int = _doc(
+        "bV components, built like `q_components`'s; when both are above 1 they must be "
+        "equal (component k of bQ goes with component k of bV)",
+        1,
+    )
+    component_unit: str = _choices(
+        *COMPONENT_UNITS,
+        default="batch",
+        doc="what picks the component of a draw when there are several: `batch` (one per "
+        "optimizer step, shared by every sequence) or `sequence` (one per sequence)",
+    )
 
 
 @dataclass
@@ -515,6 +536,7 @@ class Config:
                 _require(min(std) >= 0, f"sb.{kind}_std", "standard deviations must be >= 0")
             else:
                 _require(std >= 0, f"sb.{kind}_std", "must be >= 0")
+        self._validate_components(d_head)
         _require(o.lr > 0, "optim.lr", "must be > 0")
         _require(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
         _require(len(o.betas) == 2, "optim.betas", "must be a pair [beta1, beta2]")
@@ -607,6 +629,38 @@ class Config:
                 "data.addition_train",
                 "train + val problems must be <= 999000 (disjoint splits of 10^6 problems)",
             )
+
+    def _validate_components(self, d_head: int) -> None:
+        sb = self.sb
+        for kind in ("q", "v"):
+            key, k = f"sb.{kind}_components", getattr(sb, f"{kind}_components")
+            _require(k >= 1, key, f"must be at least 1 (1: a single {kind} bias), got {k}")
+            if k == 1 or not getattr(sb, kind):
+                continue
+            _require(
+                k <= d_head,
+                key,
+                f"{k} mutually orthogonal directions do not fit the head dimension {d_head}",
+            )
+            _require(
+                sb.mode == "batch",
+                key,
+                f"several components need sb.mode=batch (got {sb.mode}: one vector, no draws)",
+            )
+            _require(
+                getattr(sb, f"{kind}_mean") != 0,
+                key,
+                f"the components are scaled to the norm of sb.{kind}_mean, which is 0; set a "
+                f"non-zero sb.{kind}_mean or use the zero-mean control with {kind}_components=1",
+            )
+        _require(
+            not (sb.q and sb.v)
+            or min(sb.q_components, sb.v_components) == 1
+            or sb.q_components == sb.v_components,
+            "sb.v_components",
+            f"{sb.v_components} differs from sb.q_components={sb.q_components}; with both above "
+            "1 they must be equal (component k of bQ goes with component k of bV)",
+        )
 
     # ---- derived values -----------------------------------------------------------------
 

@@ -168,7 +168,8 @@ def load_run(
     """Build the run's GPT from its config and load a checkpoint's weights strictly.
 
     ``sb_eval`` overrides the run's ``sb.eval`` (how evaluation treats the symmetry-breaking
-    biases: their ``mean``, a fresh ``sample`` per forward, or ``zero``).
+    biases: their ``mean``, a fresh ``sample`` per forward, ``zero``, or with several components
+    their ``mixture``).
     """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)

@@ -32,7 +32,7 @@ import torch
 from symbreak import __version__
 from symbreak.analysis import enrichment as enr
 from symbreak.analysis.classes import classify_vocab, token_string
-from symbreak.analysis.directions import Direction, probe_direction, random_directions
+from symbreak.analysis.directions import Direction, probe_directions, random_directions
 from symbreak.analysis.keys import context_stats, vocab_keys
 from symbreak.analysis.options import DEFAULT_TOP, MIN_AUTO_TOP, Options, auto_top
 from symbreak.analysis.text import windows
@@ -134,7 +134,8 @@ def analyze_scope(
         dirs = direction.vectors[layer]  # (H, d)
         bonus = key_bonus(keys, dirs)  # (H, N)
         if s.cos is None:
-            cos = torch.einsum("nhd,hd->hn", keys, dirs / dirs.norm(dim=-1, keepdim=True))
+            unit = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+            cos = torch.einsum("nhd,hd->hn", keys, unit)
             cos = cos / keys.norm(dim=-1).T.clamp_min(1e-300)
         else:
             cos = s.cos[li].T
@@ -305,9 +306,8 @@ def analyze_model(
     vocab_size = model.cfg.vocab_size
     n_vocab, ctx_pop = populations(tokens, vocab_size, opts, tokenizer)
     tops = top_used(n_vocab, int(ctx_pop.numel()), opts)
-    direction = probe_direction(model)
-    n_layer, _, d = direction.vectors.shape
-    null_dirs = random_directions(direction.norms, opts.null_directions, d, opts.seed)
+    directions = probe_directions(model)
+    n_layer, _, d = directions[0].vectors.shape
     counts = torch.bincount(tokens, minlength=vocab_size)[:vocab_size]
     classes = classify_vocab(counts, n_vocab, tokenizer)
 
@@ -317,35 +317,50 @@ def analyze_model(
     vkeys = vocab_keys(model, vocab_pop, opts.vocab_positions).to(torch.float64)
     vocab = ScopeInput("vocab", [0], vocab_pop, vkeys[None], None, counts, tops["vocab"]["k"])
 
-    # context scope: every layer, ids seen at least min_count times
     ws = windows(tokens, model.cfg.block_size)
-    say(f"in-context keys: {tokens.numel():,} tokens in {len(ws)} windows, every layer")
     dev = model.wte.weight.device
     ctx = autocast(dev, resolve_dtype(opts.dtype, dev))
-    cs = context_stats(model, ws, direction.vectors, ctx_pop, counts, ctx=ctx)
-    context = ScopeInput(
-        "context",
-        list(range(n_layer)),
-        ctx_pop,
-        cs.mean_keys(),
-        cs.mean_cos(),
-        counts,
-        tops["context"]["k"],
-    )
-
     heads: list[dict[str, Any]] = []
-    for scope in (vocab, context):
-        say(f"{scope.name}: enrichment, K = {scope.top}, {opts.permutations} permutations, nulls")
-        entries = analyze_scope(scope, classes, direction, null_dirs, opts, tokenizer)
-        _fill_qvalues(entries, opts.alpha)
-        heads += entries
-    for e in heads:
-        if e["scope"] == "context":
-            e["position_profile"] = [_f(x) for x in cs.pos_bonus[e["layer"], e["head"]]]
+    for direction in directions:
+        # the same null directions for every component (seeded alike), scaled to its norm
+        null_dirs = random_directions(direction.norms, opts.null_directions, d, opts.seed)
+        label = "" if direction.component is None else f" (component {direction.component})"
+        # context scope: every layer, ids seen at least min_count times
+        say(f"in-context keys{label}: {tokens.numel():,} tokens in {len(ws)} windows, every layer")
+        cs = context_stats(model, ws, direction.vectors, ctx_pop, counts, ctx=ctx)
+        context = ScopeInput(
+            "context",
+            list(range(n_layer)),
+            ctx_pop,
+            cs.mean_keys(),
+            cs.mean_cos(),
+            counts,
+            tops["context"]["k"],
+        )
+        for scope in (vocab, context):
+            say(
+                f"{scope.name}{label}: enrichment, K = {scope.top}, {opts.permutations} "
+                "permutations, nulls"
+            )
+            entries = analyze_scope(scope, classes, direction, null_dirs, opts, tokenizer)
+            _fill_qvalues(entries, opts.alpha)  # one family per scope and direction
+            for e in entries:
+                if direction.component is not None:
+                    e["component"] = direction.component
+                if e["scope"] == "context":
+                    e["position_profile"] = [_f(x) for x in cs.pos_bonus[e["layer"], e["head"]]]
+            heads += entries
+    direction = directions[-1]  # the mean direction (the only one with one component)
     return {
         "direction": {
             "source": direction.source,
             "per_head": bool(model.sb.per_head and model.sb.q),
+            **({"zero_mean": True} if direction.zero_mean else {}),
+            **(
+                {"components": [_direction_json(c, n_layer) for c in directions[:-1]]}
+                if len(directions) > 1
+                else {}
+            ),
             "layers": [
                 {
                     "layer": layer,
@@ -387,6 +402,28 @@ def analyze_model(
         "classes": classes,
         "heads": heads,
         "top_used": tops,
+    }
+
+
+def _direction_json(direction: Direction, n_layer: int) -> dict[str, Any]:
+    """One component's direction, as ``direction.layers`` writes the mean's."""
+    return {
+        "component": direction.component,
+        "source": direction.source,
+        "layers": [
+            {
+                "layer": layer,
+                "heads": [
+                    {
+                        "head": h,
+                        "norm": _f(direction.norms[layer, h]),
+                        "vector": [_f(x) for x in direction.vectors[layer, h]],
+                    }
+                    for h in range(direction.vectors.shape[1])
+                ],
+            }
+            for layer in range(n_layer)
+        ],
     }
 
 

@@ -44,6 +44,12 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def primary_heads(heads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries of the direction evaluation adds (with several bQ components, the mean's):
+    the grids have one cell per layer and head."""
+    return [h for h in heads if h.get("component", "mean") == "mean"]
+
+
 def _grid(heads: list[dict[str, Any]], scope: str, key: Any) -> np.ndarray:
     rows = [h for h in heads if h["scope"] == scope]
     n_layer = max(h["layer"] for h in rows) + 1
@@ -85,10 +91,12 @@ def selectivity_figure(result: dict[str, Any]) -> bytes:
     scale so they can be compared; the vocabulary scope measures something else (every token
     id once, no context) with values of another size, so it gets its own scale."""
     plt = _plt()
-    panels = [("context", result["heads"], "context: selectivity (nats)")]
-    panels.append(("vocab", result["heads"], "vocab, layer 0: selectivity (nats)"))
+    panels = [("context", primary_heads(result["heads"]), "context: selectivity (nats)")]
+    panels.append(("vocab", primary_heads(result["heads"]), "vocab, layer 0: selectivity (nats)"))
     if result.get("baseline"):
-        panels.append(("context", result["baseline"]["heads"], "baseline context (symmetric)"))
+        panels.append(
+            ("context", primary_heads(result["baseline"]["heads"]), "baseline context (symmetric)")
+        )
     grids = [_grid(h, s, lambda e: e["selectivity"]) for s, h, _ in panels]
     vmax = {
         scope: max(
@@ -139,8 +147,8 @@ def classes_figure(result: dict[str, Any]) -> bytes:
                     return ""
                 return s["class"].replace("_", "\n") + (" (max)" if _saturated(s, top) else "")
 
-            g = _grid(result["heads"], scope, best)
-            rows = [h for h in result["heads"] if h["scope"] == scope]
+            g = _grid(primary_heads(result["heads"]), scope, best)
+            rows = [h for h in primary_heads(result["heads"]) if h["scope"] == scope]
             labels = np.full(g.shape, "", dtype=object)
             for h in rows:
                 labels[h["layer"], h["head"]] = name(h)
@@ -188,7 +196,7 @@ def _label(token: str) -> str:
 
 def top_tokens_figure(result: dict[str, Any]) -> bytes:
     plt = _plt()
-    heads = most_selective(result["heads"], N_BAR_HEADS)
+    heads = most_selective(primary_heads(result["heads"]), N_BAR_HEADS)
     fig, axes = plt.subplots(len(heads), 1, figsize=(12, 3.6 * len(heads)), squeeze=False)
     for ax, h in zip(axes[:, 0], heads, strict=True):
         toks = h["top_tokens"][:N_BAR_TOKENS] + h["bottom_tokens"][:N_BAR_TOKENS][::-1]
@@ -214,7 +222,7 @@ def top_tokens_figure(result: dict[str, Any]) -> bytes:
 
 def position_figure(result: dict[str, Any]) -> bytes:
     plt = _plt()
-    rows = [h for h in result["heads"] if h["scope"] == "context"]
+    rows = [h for h in primary_heads(result["heads"]) if h["scope"] == "context"]
     n_layer = max(h["layer"] for h in rows) + 1
     profiles = np.array([[np.nan if v is None else v for v in h["position_profile"]] for h in rows])
     layers = np.array([h["layer"] for h in rows])

@@ -127,7 +127,7 @@ def context_stats(
     pos_sums = torch.zeros(n_layer, n_head, t_max, dtype=torch.float64)
     pos_counts = torch.zeros(t_max, dtype=torch.float64)
     dirs = directions.to(torch.float64)
-    unit = dirs / dirs.norm(dim=-1, keepdim=True)
+    unit = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-300)
     current: dict[str, torch.Tensor] = {}
 
     def accumulate(layer: int, k: torch.Tensor) -> None:

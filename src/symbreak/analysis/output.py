@@ -79,9 +79,10 @@ def summary_lines(result: dict[str, Any], limit: int = 10) -> list[str]:
             f"{'log2':>6}{'q':>9}{'select.':>9}{'null%':>6}"
         )
         for _, h, end, s in rows[:limit]:
+            comp = f" (component {h['component']})" if "component" in h else ""
             lines.append(
                 f"  {h['scope']:<8}{h['layer']:>5}{h['head']:>5}  {end:<11}{s['class']:<15}"
                 f"{s['log2_enrichment']:>+6.2f}{s['q_value']:>9.2g}{h['selectivity']:>9.3g}"
-                f"{h['null_percentile']:>6.0f}"
+                f"{h['null_percentile']:>6.0f}{comp}"
             )
     return lines

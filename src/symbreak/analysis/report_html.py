@@ -82,7 +82,9 @@ def _strongest(entry: dict[str, Any], end: str) -> str:
 
 def _head_section(entry: dict[str, Any], alpha: float, k_show: int) -> str:
     title = (
-        f"layer {entry['layer']} head {entry['head']} ({_e(entry['scope'])}): selectivity "
+        f"layer {entry['layer']} head {entry['head']} ({_e(entry['scope'])}"
+        + (f", component {_e(str(entry['component']))}" if "component" in entry else "")
+        + "): selectivity "
         f"{_num(entry['selectivity'])} nats, {_num(entry['null_percentile'], '.0f')}th percentile "
         f"of random directions; amplified: {_strongest(entry, 'amplified')}; "
         f"suppressed: {_strongest(entry, 'suppressed')}"

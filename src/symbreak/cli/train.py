@@ -38,14 +38,18 @@ def run(args: argparse.Namespace) -> int:
     from symbreak.train.distributed import is_main_process
 
     main_process = is_main_process()  # under torchrun only rank 0 talks
-    sb = [k for k in ("q", "k", "v") if getattr(cfg.sb, k)]
+    sb = [
+        f"b{k.upper()}" + (f"x{n}" if (n := getattr(cfg.sb, f"{k}_components", 1)) > 1 else "")
+        for k in ("q", "k", "v")
+        if getattr(cfg.sb, k)
+    ]
     m = cfg.model
     if main_process:
         print(
             f"symbreak {__version__}: training '{cfg.train.name}': preset {m.preset} "
             f"(L{m.n_layer} H{m.n_head} C{m.n_embd} T{m.block_size}), "
             f"{cfg.optim.name} lr {cfg.optim.lr:g}, symmetry breaking: "
-            f"{'+'.join('b' + k.upper() for k in sb) + f' ({cfg.sb.mode})' if sb else 'off'}, "
+            f"{'+'.join(sb) + f' ({cfg.sb.mode})' if sb else 'off'}, "
             f"{cfg.total_steps} steps x {cfg.tokens_per_step} tokens",
             flush=True,
         )

@@ -148,19 +148,20 @@ def mask_padding(logits: torch.Tensor) -> torch.Tensor:
 
 class BatchLogits:
     """Logits of one (B, T) batch at chosen (row, position) pairs, as float32 with the
-    vocabulary padding masked. For a GPT, the output layer runs only at those positions."""
+    vocabulary padding masked. For a GPT, the output layer runs only at those positions (with
+    ``sb.eval=mixture``, once per component: the logits are the mixture's log-probabilities)."""
 
     def __init__(self, model: nn.Module, idx: torch.Tensor) -> None:
         self.model = model
         if isinstance(model, GPT):
-            self.hidden: torch.Tensor | None = model.hidden(idx)
+            self.hidden: list[torch.Tensor] | None = model.hiddens(idx)
             self.full: torch.Tensor | None = None
         else:  # test stubs: full logits from forward
             self.hidden, self.full = None, model(idx)[0]
 
     def at(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         if self.hidden is not None:
-            logits = self.model.output(self.hidden[rows, cols])
+            logits = self.model.mixture_output([h[rows, cols] for h in self.hidden])
         else:
             assert self.full is not None
             logits = self.full[rows, cols]

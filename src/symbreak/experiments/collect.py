@@ -286,11 +286,18 @@ def _check_comparable(records: list[Record]) -> None:
 
 
 def sb_label(cfg: dict[str, Any]) -> str:
-    """``sym``, ``bQ``, ``bQ+bV`` ... from a flattened config (mode and mean_V when not default)."""
-    parts = [f"b{k.upper()}" for k in ("q", "k", "v") if cfg.get(f"sb.{k}")]
+    """``sym``, ``bQ``, ``bQ+bV`` ... from a flattened config (mode and mean_V when not default;
+    ``bQx4`` for 4 bQ components, ``(mQ=0)`` for the zero-mean control)."""
+    parts = [
+        f"b{k.upper()}" + (f"x{n}" if (n := cfg.get(f"sb.{k}_components", 1)) > 1 else "")
+        for k in ("q", "k", "v")
+        if cfg.get(f"sb.{k}")
+    ]
     if not parts:
         return "sym"
     label = "+".join(parts)
+    if cfg.get("sb.q") and cfg.get("sb.q_mean", 0.5) == 0:
+        label += "(mQ=0)"
     if cfg.get("sb.v") and cfg.get("sb.v_mean"):
         label += f"(mV={cfg['sb.v_mean']:g})"
     if cfg.get("sb.mode", "batch") != "batch":

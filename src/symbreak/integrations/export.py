@@ -69,6 +69,13 @@ def check_exportable(cfg: Any, sb_eval: str | None) -> None:
     m = cfg.model
     if sb_eval is not None and sb_eval not in EXPORT_SB_EVAL:
         raise ExportError(f"--sb-eval {sb_eval} cannot be exported; use mean or zero")
+    k = max(getattr(cfg.sb, "q_components", 1), getattr(cfg.sb, "v_components", 1))
+    if k > 1 and (sb_eval or cfg.sb.eval) != "mean":
+        raise ExportError(
+            f"the run has {k} bias components and sb.eval={sb_eval or cfg.sb.eval}, which one "
+            "set of weights cannot reproduce; pass --sb-eval mean to fold the average of the "
+            "component means, or evaluate it in symbreak (symbreak eval/sample --sb-eval mixture)"
+        )
     if (sb_eval or cfg.sb.eval) == "sample":
         raise ExportError(
             "the run evaluates with sb.eval=sample (a new bias draw per forward), which cannot be "

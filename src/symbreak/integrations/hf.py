@@ -113,6 +113,12 @@ def apply_symmetry_breaking(
         cfg.set(f"sb.{key}", list(value) if isinstance(value, tuple) else value)
     cfg.resolve(vocab_size=1)  # only sb.* is used here: no vocabulary to find
     c = cfg.sb
+    if max(c.q_components, c.v_components) > 1:
+        raise SymbreakError(
+            "several bias components (sb.q_components/v_components > 1) need symbreak's own GPT: "
+            "the draws pick a component per step and sb.eval=mixture runs one forward per "
+            "component; use one component here"
+        )
     sites = _find_sites(model)
     if not sites:
         raise SymbreakError(

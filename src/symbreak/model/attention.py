@@ -82,7 +82,9 @@ class SelfAttention(nn.Module):
         if cfg.pos_encoding == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)
 
-        def sampler(kind: str, mean: float, std: float | list[float]) -> BiasSampler:
+        def sampler(
+            kind: str, mean: float, std: float | list[float], components: int = 1
+        ) -> BiasSampler:
             return BiasSampler(
                 kind,
                 layer,
@@ -94,11 +96,13 @@ class SelfAttention(nn.Module):
                 per_head=sb.per_head,
                 eval_mode=sb.eval,
                 seed=0 if sb.seed is None else sb.seed,
+                components=components,
+                unit=sb.component_unit,
             )
 
-        self.bias_q = sampler("q", sb.q_mean, sb.q_std) if sb.q else None
+        self.bias_q = sampler("q", sb.q_mean, sb.q_std, sb.q_components) if sb.q else None
         self.bias_k = sampler("k", sb.k_mean, sb.k_std) if sb.k else None
-        self.bias_v = sampler("v", sb.v_mean, sb.v_std) if sb.v else None
+        self.bias_v = sampler("v", sb.v_mean, sb.v_std, sb.v_components) if sb.v else None
         # A seam, not maths: the per-head keys (B, n_head, T, d_head) exactly as the kernel gets
         # them (after c_K and bK) pass through this identity, so analysis can read them with a
         # forward hook instead of re-deriving attention elsewhere. No parameters, no cost.
@@ -156,5 +160,5 @@ def _attention(
 def _add_bias(t: torch.Tensor, sampler: BiasSampler | None) -> torch.Tensor:
     if sampler is None:
         return t
-    b = sampler()
+    b = sampler(t.shape[0])
     return t if b is None else t + b.to(t.dtype)

@@ -22,6 +22,13 @@ whose last hidden state predicts ``x_{t+1}``. The data decides which positions c
 once per window as in the causal case; for addition the 4 answer digits of each problem, 4
 prefix forwards per window. That price is intrinsic to next-token prediction without a mask.
 
+Evaluation with several bias components (``sb.eval=mixture``, bias.py): the model's next-token
+distribution is the average over the K components of the model at component k's mean,
+``p(y | x) = (1/K) sum_k softmax(z_k)[y]``, so evaluation runs the trunk K times (K x the
+forward FLOPs and time of one evaluation; training is unchanged). The loss is
+``-log p(y | x)``, computed as ``log K - logsumexp_k log softmax(z_k)[y]``; the logits handed out
+are ``log p`` itself (normalised, so a softmax or log-softmax of them is the mixture's).
+
 Initialisation is nanoGPT's: weights ~ N(0, 0.02), biases 0, and the two residual output
 projections of each block (attention ``c_proj``, MLP ``c_proj``) ~ N(0, 0.02 / sqrt(2 L)) so the
 residual stream's variance does not grow with depth.
@@ -29,6 +36,7 @@ residual stream's variance does not grow with depth.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 
@@ -39,7 +47,7 @@ from torch import nn
 from symbreak.config import ModelConfig, SBConfig
 from symbreak.model.attention import SelfAttention
 from symbreak.model.bias import BiasSampler
-from symbreak.model.loss import IGNORE_INDEX, linear_cross_entropy
+from symbreak.model.loss import IGNORE_INDEX, linear_cross_entropy, target_logprobs
 from symbreak.model.mlp import MLP
 from symbreak.model.positional import sinusoidal_table
 
@@ -107,6 +115,8 @@ class GPT(nn.Module):
         by the fused path of ``loss.py``. With the bidirectional mask each such position is
         predicted from its own prefix (see the module docstring).
         """
+        if self.mixing:
+            return self._mixture_forward(idx, targets)
         if targets is not None and self.cfg.mask == "bidirectional":
             return None, self._prefix_loss(idx, targets)
         x = self.hidden(idx)
@@ -118,13 +128,80 @@ class GPT(nn.Module):
     def _prefix_loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Bidirectional loss: ``CE(LN_f(h_L(x_0..x_t))_t W^T, y_t)`` for every position t with
         a target, one trunk forward per such t (so no target is ever in its own context)."""
+        h, y = self._prefix_hidden(idx, targets)
+        return linear_cross_entropy(h, self.wte.weight, y, kernel=self.loss_kernel)
+
+    def _prefix_hidden(
+        self, idx: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bidirectional loss's hidden states and their targets, (B, P, C) and (B, P)."""
         cols = torch.nonzero((targets != IGNORE_INDEX).any(0)).flatten().tolist()
         if not cols:
             cols = [idx.shape[1] - 1]  # all ignored: the loss is 0 over 0 targets, as causal
         h = torch.stack([self.hidden(idx[:, : t + 1])[:, -1] for t in cols], dim=1)
-        return linear_cross_entropy(
-            h, self.wte.weight, targets[:, cols].contiguous(), kernel=self.loss_kernel
-        )
+        return h, targets[:, cols].contiguous()
+
+    # ---- evaluation over bias components (sb.eval=mixture) ----------------------------------
+
+    @property
+    def n_components(self) -> int:
+        """K: the bias components a forward chooses among (1 without components)."""
+        return max((s.n_components for s in self.bias_samplers()), default=1)
+
+    @property
+    def mixing(self) -> bool:
+        """Whether a forward now averages over components: eval mode, ``sb.eval=mixture``,
+        K > 1."""
+        return not self.training and self.sb.eval == "mixture" and self.n_components > 1
+
+    @contextlib.contextmanager
+    def component(self, k: int) -> Iterator[None]:
+        """Every eval-mode forward inside uses component ``k``'s mean (``sb.eval=mixture``)."""
+        samplers = list(self.bias_samplers())
+        for s in samplers:
+            s.eval_component = k
+        try:
+            yield
+        finally:
+            for s in samplers:
+                s.eval_component = None
+
+    def hiddens(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`hidden` once per component when mixing, else ``[hidden(idx)]``; pair with
+        :meth:`mixture_output`."""
+        if not self.mixing:
+            return [self.hidden(idx)]
+        out = []
+        for k in range(self.n_components):
+            with self.component(k):
+                out.append(self.hidden(idx))
+        return out
+
+    def mixture_output(self, hs: list[torch.Tensor]) -> torch.Tensor:
+        """Logits for hidden states of :meth:`hiddens`: :meth:`output` of a single one, else
+        the mixture's log-probabilities ``log (1/K) sum_k softmax(h_k W^T)``."""
+        if len(hs) == 1:
+            return self.output(hs[0])
+        acc = torch.float64 if hs[0].dtype == torch.float64 else torch.float32
+        logp = torch.stack([F.log_softmax(self.output(h).to(acc), dim=-1) for h in hs])
+        return torch.logsumexp(logp, dim=0) - math.log(len(hs))
+
+    def _mixture_forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if targets is None:
+            return self.mixture_output(self.hiddens(idx)), None
+        lps, y = [], targets
+        for k in range(self.n_components):
+            with self.component(k):
+                if self.cfg.mask == "bidirectional":
+                    h, y = self._prefix_hidden(idx, targets)
+                else:
+                    h = self.hidden(idx)
+                lps.append(target_logprobs(h, self.wte.weight, y))
+        logp = torch.logsumexp(torch.stack(lps), dim=0) - math.log(len(lps))
+        valid = y != IGNORE_INDEX
+        return None, -(logp * valid).sum() / valid.sum().clamp_min(1)
 
     def hidden(self, idx: torch.Tensor) -> torch.Tensor:
         """The trunk: ``LN_f(h_L)``, (B, T, C), everything before the output layer."""
@@ -153,10 +230,17 @@ class GPT(nn.Module):
             if isinstance(m, BiasSampler):
                 yield m
 
-    def pin_biases(self, step: int) -> None:
-        """Fix the batch-mode draws of every layer to those of optimizer step ``step``."""
+    def pin_biases(self, step: int, rows: list[int] | None = None) -> None:
+        """Fix the batch-mode draws of every layer to those of optimizer step ``step``;
+        ``rows``: the global batch indices of the next forward's sequences, which pick their
+        components with ``sb.component_unit=sequence``."""
         for s in self.bias_samplers():
-            s.pin(step)
+            s.pin(step, rows)
+
+    @property
+    def components_per_sequence(self) -> bool:
+        """Whether training forwards need :meth:`pin_biases`'s ``rows``."""
+        return self.n_components > 1 and self.sb.component_unit == "sequence"
 
     def unpin_biases(self) -> None:
         for s in self.bias_samplers():

@@ -192,3 +192,24 @@ def linear_cross_entropy(
     rows = chunk_rows if chunk_rows is not None else default_chunk_rows(weight.shape[0])
     need_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
     return _LinearCrossEntropy.apply(h2, weight, y, rows, ignore_index, need_grad, kernel)
+
+
+def target_logprobs(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int | None = None
+) -> torch.Tensor:
+    """``log softmax(h W^T)[y]`` per row, float32 (or the inputs' float64), without (N, V)
+    buffers; 0 where the target is ``IGNORE_INDEX``. Evaluation only: no gradient. The
+    mixture evaluation of :class:`~symbreak.model.GPT` combines these over components."""
+    h2 = h.reshape(-1, h.shape[-1])
+    y = targets.reshape(-1)
+    rows = chunk_rows if chunk_rows is not None else default_chunk_rows(weight.shape[0])
+    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+    out = torch.zeros(y.shape, dtype=acc, device=h.device)
+    with torch.no_grad():
+        for lo in range(0, h2.shape[0], rows):
+            z = (h2[lo : lo + rows] @ weight.T).to(acc)
+            yc = y[lo : lo + rows]
+            valid = yc != IGNORE_INDEX
+            picked = z.gather(1, yc.clamp_min(0)[:, None])[:, 0]
+            out[lo : lo + rows] = torch.where(valid, picked - z.logsumexp(dim=1), 0.0)
+    return out.view(targets.shape)

@@ -1,6 +1,7 @@
 """One optimizer step, the same in ``symbreak train`` and in ``symbreak bench train``::
 
-    pin the symmetry-breaking draws of this step (keyed by (seed, step, layer): all ranks agree)
+    pin the symmetry-breaking draws of this step (keyed by (seed, step, layer): all ranks agree;
+        with a component per sequence, keyed by each sequence's index in the global batch)
     for each micro-batch of this rank:  loss_m = CE(model(x), y);  (loss_m / accum).backward()
     all-reduce [mean loss, stop flag]   (DDP has averaged the gradients during backward)
     if the loss is finite: clip (optional); optimizer.step()   (ECD also receives the loss)
@@ -87,7 +88,7 @@ class TrainStep:
         the backward passes (a signal that arrives during the step stops the run after it)."""
         self.model.train()
         self.model.pin_biases(step)
-        loss_sum = self._accumulate(micro_batches)
+        loss_sum = self._accumulate(step, micro_batches)
         stop = stop_requested is not None and stop_requested()
         # One all-reduce and one host sync per step: the global loss and the stop flag.
         stats = torch.stack(
@@ -107,12 +108,17 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(loss, stop_votes > 0, updated)
 
-    def _accumulate(self, micro_batches: Sequence[Batch]) -> torch.Tensor:
+    def _accumulate(self, step: int, micro_batches: Sequence[Batch]) -> torch.Tensor:
         """Forward and backward of every micro-batch; the sum of their (detached) losses, in
         the loss's own dtype (float32 under bf16 autocast; float64 for a float64 model)."""
         loss_sum: torch.Tensor | None = None
         n = len(micro_batches)
+        offset = 0  # this rank's sequences so far; rank r holds global rows r, r + W, ...
         for i, (x, y) in enumerate(micro_batches):
+            if self.model.components_per_sequence:
+                rows = range(offset, offset + x.shape[0])
+                self.model.pin_biases(step, [self.env.rank + self.env.world_size * j for j in rows])
+            offset += x.shape[0]
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             last = i == n - 1

@@ -81,8 +81,11 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-def test_sigkill_between_checkpoints_then_resume_is_bit_exact(tmp_path, corpus_cache):
-    extra = ["train.max_steps=12", "train.checkpoint_every=4", "optim.lr=1e-3"]
+@pytest.mark.parametrize("mlp", [[], ["model.mlp=moe", "model.moe_experts=4"]],
+                         ids=["dense", "moe"])  # fmt: skip
+def test_sigkill_between_checkpoints_then_resume_is_bit_exact(tmp_path, corpus_cache, mlp):
+    """For a mixture of experts this includes its logged routing statistics (metrics.csv)."""
+    extra = ["train.max_steps=12", "train.checkpoint_every=4", "optim.lr=1e-3", *mlp]
     subprocess.run(_cli(tmp_path, corpus_cache, "full", *extra), check=True, capture_output=True)
     proc = subprocess.Popen(_cli(tmp_path, corpus_cache, "killed", *extra),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

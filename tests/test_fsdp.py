@@ -51,12 +51,17 @@ def _params(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("opt", ["adamw", "ecd"])
-def test_fsdp_two_ranks_equal_one_process(tmp_path, opt):
+@pytest.mark.parametrize(
+    ("opt", "mlp"),
+    [("adamw", []), ("ecd", []), ("adamw", ["model.mlp=moe", "model.moe_experts=4"])],
+    ids=["adamw", "ecd", "adamw-moe"],
+)
+def test_fsdp_two_ranks_equal_one_process(tmp_path, opt, mlp):
     """Same global batch (4 = 2 ranks x 2 micro-batches of 1, and 4 micro-batches of 1): the
     parameters agree to 1e-5 and the optimizer state to 1e-3 relative after 3 steps (float32
-    rounding in another summation order; the maths itself is checked in float64 below)."""
-    extra = [*OPTIMS[opt], "train.max_steps=3"]
+    rounding in another summation order; the maths itself is checked in float64 below). A
+    mixture of experts' stacked weights are sharded along the expert axis."""
+    extra = [*OPTIMS[opt], "train.max_steps=3", *mlp]
     _train(1, tmp_path, "one", *extra)
     out = _train(2, tmp_path, "two", *extra, "train.parallel=fsdp")
     assert "x 2 processes" in out and out.count("val loss") == 1  # rank 0 prints

@@ -349,7 +349,8 @@ def test_grid_errors_are_experiment_errors(tmp_path, corpus_cache):
 def test_shipped_grids_parse(capsys):
     root = Path(__file__).resolve().parent.parent / "configs"
     grids = [*sorted((root / "sweeps").glob("*.toml")), root / "paper" / "sweep.toml",
-             root / "cpu-study" / "tune.toml"]
+             root / "paper" / "sweep-moe.toml", root / "cpu-study" / "tune.toml",
+             root / "cpu-study" / "variants-moe.toml"]
     assert len(grids) >= 4
     for g in grids:
         assert main(["sweep", str(g), "--dry-run", "--executor", "slurm"]) == 0
@@ -387,13 +388,21 @@ def test_paper_recipes_agree_with_the_paper_sweep():
 
     root = Path(__file__).resolve().parent.parent / "configs" / "paper"
     cells = {c.name: c for c in load_grid(root / "sweep.toml").cells()}
-    files = sorted(p for p in root.glob("*.toml") if p.name not in ("base.toml", "sweep.toml"))
+    files = sorted(p for p in root.glob("*.toml")
+                   if not p.name.startswith(("base", "sweep")) and not p.stem.endswith("-moe"))
     assert len(files) == 4 * 4 * 2
     for path in files:
         cfg = load_config(path, ["train.seed=0"])
         cell = cells[f"{path.stem.rsplit('-', 1)[0]}-{path.stem.rsplit('-', 1)[1]}-seed0"]
         assert identity(cfg) == identity(cell.config), path.name
         assert cfg.model.n_layer == 12 and cfg.train.max_tokens == 500_000_000
+    moe_cells = {c.name: c for c in load_grid(root / "sweep-moe.toml").cells()}
+    moe_files = sorted(p for p in root.glob("*-moe.toml") if not p.name.startswith("sweep"))
+    assert len(moe_files) == len(moe_cells) // 3 == 2 * 2  # adamw, ecd x sym, bQbV (GELU)
+    for path in moe_files:
+        cfg = load_config(path, ["train.seed=0"])
+        assert identity(cfg) == identity(moe_cells[f"{path.stem}-seed0"].config), path.name
+        assert (cfg.model.mlp, cfg.model.moe_experts, cfg.model.moe_top_k) == ("moe", 8, 2)
     ecd = load_config(root / "ecd-bQbV-prelu.toml")
     assert (ecd.optim.lr, ecd.optim.eta, ecd.optim.F0, ecd.sb.q, ecd.sb.v) == (1.0, 100.0, 2.0,
                                                                               True, True)

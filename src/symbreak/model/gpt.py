@@ -4,7 +4,8 @@ Reads top to bottom like the paper::
 
     h_0 = wte[x] + wpe[0..T)                      learned absolute positions (or none)
     h_l = h_{l-1} + Attn_l(LN(h_{l-1}))           pre-LayerNorm blocks, biases bQ/bK/bV inside
-    h_l = h_l     + MLP_l(LN(h_l))                PReLU (per-feature slope) or GELU
+    h_l = h_l     + MLP_l(LN(h_l))                PReLU (per-feature slope) or GELU; with
+                                                  model.mlp=moe a mixture of experts (mlp.py)
     logits = LN_f(h_L) wte^T                      tied input/output embeddings
 
 The positional switches (``model.pos_encoding``, ``model.mask``; see positional.py) change

@@ -147,17 +147,22 @@ def test_fsdp_refuses_what_it_cannot_shard():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("projection", "weight_decay"), [("global", 0.1), ("per_tensor", 0.0)])
-def test_sharded_ecd_is_the_single_process_maths_in_float64(projection, weight_decay):
+@pytest.mark.parametrize(
+    ("projection", "weight_decay", "extra"),
+    [("global", 0.1, []), ("per_tensor", 0.0, []), ("global", 0.1, ["stacked"])],
+    ids=["global", "per_tensor", "global-3d"],
+)
+def test_sharded_ecd_is_the_single_process_maths_in_float64(projection, weight_decay, extra):
     """The global sums (|g|^2, <p, G>, |p|^2, |theta|^2, the noise norm) reduced over the shards
     and the noise cut per shard: 4 steps with noise and weight decay agree with one process to
     float64 rounding. (In float32 the same comparison differs by ~1e-6: ECD's projection
     G - p <p, G> cancels almost exactly on the first step and amplifies rounding, which any
-    other summation order - FSDP's shards - exposes; hence the training tests' tolerance.)"""
+    other summation order - FSDP's shards - exposes; hence the training tests' tolerance.)
+    ``global-3d`` adds a 3-D parameter, as a mixture of experts stacks its experts' weights."""
     worker = Path(__file__).with_name("fsdp_ecd_worker.py")
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(worker), projection, str(weight_decay)],
+         str(worker), projection, str(weight_decay), *extra],
         capture_output=True, text=True, env=ENV, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stdout[-500:] + done.stderr[-3000:]
     worst = float(re.search(r"max difference (\S+)", done.stdout).group(1))

@@ -17,9 +17,20 @@ dist.init_process_group("gloo")
 torch.set_default_dtype(torch.float64)
 
 
+class Stacked(torch.nn.Module):
+    """A 3-D parameter like a mixture of experts' stacked weights (E, C, H), sharded along E."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(5, 4, 3))
+
+
 def make() -> torch.nn.Module:
     torch.manual_seed(0)  # odd first dimensions: shards of unequal size (5 rows -> 3 + 2)
-    return torch.nn.Sequential(torch.nn.Linear(16, 33), torch.nn.Linear(33, 5))
+    layers = [torch.nn.Linear(16, 33), torch.nn.Linear(33, 5)]
+    if len(sys.argv) > 3 and sys.argv[3] == "stacked":
+        layers.append(Stacked())
+    return torch.nn.Sequential(*layers)
 
 
 ref, sharded = make(), make()

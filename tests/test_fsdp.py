@@ -51,12 +51,17 @@ def _params(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("opt", ["adamw", "ecd"])
-def test_fsdp_two_ranks_equal_one_process(tmp_path, opt):
+@pytest.mark.parametrize(
+    ("opt", "mlp"),
+    [("adamw", []), ("ecd", []), ("adamw", ["model.mlp=moe", "model.moe_experts=4"])],
+    ids=["adamw", "ecd", "adamw-moe"],
+)
+def test_fsdp_two_ranks_equal_one_process(tmp_path, opt, mlp):
     """Same global batch (4 = 2 ranks x 2 micro-batches of 1, and 4 micro-batches of 1): the
     parameters agree to 1e-5 and the optimizer state to 1e-3 relative after 3 steps (float32
-    rounding in another summation order; the maths itself is checked in float64 below)."""
-    extra = [*OPTIMS[opt], "train.max_steps=3"]
+    rounding in another summation order; the maths itself is checked in float64 below). A
+    mixture of experts' stacked weights are sharded along the expert axis."""
+    extra = [*OPTIMS[opt], "train.max_steps=3", *mlp]
     _train(1, tmp_path, "one", *extra)
     out = _train(2, tmp_path, "two", *extra, "train.parallel=fsdp")
     assert "x 2 processes" in out and out.count("val loss") == 1  # rank 0 prints
@@ -142,17 +147,22 @@ def test_fsdp_refuses_what_it_cannot_shard():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("projection", "weight_decay"), [("global", 0.1), ("per_tensor", 0.0)])
-def test_sharded_ecd_is_the_single_process_maths_in_float64(projection, weight_decay):
+@pytest.mark.parametrize(
+    ("projection", "weight_decay", "extra"),
+    [("global", 0.1, []), ("per_tensor", 0.0, []), ("global", 0.1, ["stacked"])],
+    ids=["global", "per_tensor", "global-3d"],
+)
+def test_sharded_ecd_is_the_single_process_maths_in_float64(projection, weight_decay, extra):
     """The global sums (|g|^2, <p, G>, |p|^2, |theta|^2, the noise norm) reduced over the shards
     and the noise cut per shard: 4 steps with noise and weight decay agree with one process to
     float64 rounding. (In float32 the same comparison differs by ~1e-6: ECD's projection
     G - p <p, G> cancels almost exactly on the first step and amplifies rounding, which any
-    other summation order - FSDP's shards - exposes; hence the training tests' tolerance.)"""
+    other summation order - FSDP's shards - exposes; hence the training tests' tolerance.)
+    ``global-3d`` adds a 3-D parameter, as a mixture of experts stacks its experts' weights."""
     worker = Path(__file__).with_name("fsdp_ecd_worker.py")
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(worker), projection, str(weight_decay)],
+         str(worker), projection, str(weight_decay), *extra],
         capture_output=True, text=True, env=ENV, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stdout[-500:] + done.stderr[-3000:]
     worst = float(re.search(r"max difference (\S+)", done.stdout).group(1))

@@ -16,8 +16,9 @@ L, H, C, T, V = 2, 4, 32, 12, 97
 D = C // H
 
 
-def make_model(init_seed: int = 0, **sb_kwargs) -> GPT:
-    cfg = ModelConfig(n_layer=L, n_head=H, n_embd=C, block_size=16, vocab_size=V)
+def make_model(init_seed: int = 0, mlp: str = "dense", **sb_kwargs) -> GPT:
+    cfg = ModelConfig(n_layer=L, n_head=H, n_embd=C, block_size=16, vocab_size=V, mlp=mlp,
+                      moe_experts=4, moe_top_k=2)  # fmt: skip
     sb = SBConfig(**{"seed": 7, **sb_kwargs})
     torch.manual_seed(init_seed)
     model = GPT(cfg, sb).double()
@@ -70,9 +71,10 @@ def logits(model: GPT, x: torch.Tensor) -> torch.Tensor:
 # ---- symmetries ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mlp", ["dense", "moe"])
 @pytest.mark.parametrize("rotate", [rotate_qk, rotate_vo])
-def test_symmetric_model_is_invariant_under_head_rotations(rotate, tokens):
-    model = make_model()
+def test_symmetric_model_is_invariant_under_head_rotations(rotate, mlp, tokens):
+    model = make_model(mlp=mlp)
     before = logits(model, tokens)
     R = random_orthogonal(D)
     for layer in range(L):
@@ -88,12 +90,30 @@ def test_symmetric_model_is_invariant_under_head_rotations(rotate, tokens):
     ids=["bQ breaks Q-K", "bV breaks V-O"],
 )
 @pytest.mark.parametrize("mode", ["batch", "fixed"])
-def test_biases_break_the_rotation_symmetry(sb, rotate, mode, tokens):
-    model = make_model(mode=mode, **sb)
+@pytest.mark.parametrize("mlp", ["dense", "moe"])
+def test_biases_break_the_rotation_symmetry(sb, rotate, mode, mlp, tokens):
+    model = make_model(mode=mode, mlp=mlp, **sb)
     before = logits(model, tokens)
     rotate(model, layer=0, head=1, R=random_orthogonal(D))
     after = logits(model, tokens)
     assert (before - after).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("sb", [{}, {"q": True, "v": True, "v_mean": 0.5}], ids=["sym", "bQbV"])
+def test_permuting_experts_with_the_router_rows_changes_nothing_with_or_without_biases(sb, tokens):
+    """A mixture of experts' own, discrete symmetry: relabel the experts (stacked weights and
+    router rows alike). The biases act in attention and leave it alone."""
+    model = make_model(mlp="moe", **sb)
+    before = logits(model, tokens)
+    perm = torch.tensor([2, 0, 3, 1])
+    with torch.no_grad():
+        for block in model.blocks:
+            for p in block.mlp.parameters():
+                p.copy_(p[perm])
+    after = logits(model, tokens)
+    assert torch.allclose(before, after, atol=1e-12, rtol=0)
+    fresh = make_model(mlp="moe", **sb).blocks[0].mlp
+    assert not torch.equal(model.blocks[0].mlp.fc_weight, fresh.fc_weight)  # it did permute
 
 
 def test_a_learned_bias_rotates_with_the_weights_so_the_symmetry_survives(tokens):

@@ -49,7 +49,8 @@ def train(model: GPT, opt: torch.optim.Optimizer, steps: int, start: int = 0, cl
     for step in range(start, start + steps):
         model.pin_biases(step)
         _, loss = model(*batch(step))
-        loss.backward()
+        terms = model.moe_terms()  # a mixture of experts' router penalty, as TrainStep adds it
+        (loss if terms is None else loss + terms.penalty).backward()
         if clip:  # global-norm clipping scales g by one number: the laws survive it
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer_step(opt, loss.detach())
@@ -83,6 +84,8 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
         (["sb.q=true", "sb.v=true"], ("qk", "vo")),
         (["sb.k=true"], ()),  # bK cancels in the softmax
         (["sb.mode=learned", "sb.per_head=true", "sb.q=true", "sb.k=true", "sb.v=true"], ()),
+        (["model.mlp=moe", "model.moe_experts=4", "model.moe_z_loss=0.001"], ()),
+        (["model.mlp=moe", "model.moe_experts=4", "sb.q=true", "sb.v=true"], ("qk", "vo")),
     ],
 )
 def test_loss_is_flat_along_the_generators_exactly_when_symmetric(sb, broken):
@@ -90,6 +93,8 @@ def test_loss_is_flat_along_the_generators_exactly_when_symmetric(sb, broken):
     model.pin_biases(0)
     params = list(model.parameters())
     _, loss = model(*batch(0))
+    terms = model.moe_terms()  # the training objective: the router penalty is flat too
+    loss = loss if terms is None else loss + terms.penalty
     g = dict(zip(params, torch.autograd.grad(loss, params), strict=True))
     gnorm = torch.cat([v.reshape(-1) for v in g.values()]).norm()
     gen = torch.Generator().manual_seed(3)
@@ -118,8 +123,14 @@ def test_loss_is_flat_along_the_generators_exactly_when_symmetric(sb, broken):
 LEARNED = ["sb.mode=learned", "sb.q=true", "sb.v=true"]
 
 
-@pytest.mark.parametrize("sb", [[], ["sb.k=true"], [*LEARNED, "sb.per_head=true"]])
+MOE = ["model.mlp=moe", "model.moe_experts=4", "model.moe_z_loss=0.001"]
+
+
+@pytest.mark.parametrize("sb", [[], ["sb.k=true"], [*LEARNED, "sb.per_head=true"], MOE],
+                         ids=["sym", "bK", "learned", "moe"])  # fmt: skip
 def test_ecd_charges_start_at_zero_and_stay_zero(sb):
+    """With a mixture-of-experts MLP too: the router and experts sit after the attention's
+    output, which the rotations leave unchanged, so the attention charges obey the same law."""
     model, opt = ecd(*sb)
     worst = max(max_relative(c) for c in train(model, opt, STEPS))
     assert worst < 1e-12
@@ -145,7 +156,9 @@ def test_ecd_charges_keep_their_direction_from_a_charged_momentum(sb):
     assert abs(vectors[-1].norm() / v0.norm() - 1) > 1e-6
 
 
-@pytest.mark.parametrize(("sb", "moved"), [(["sb.q=true"], 0), (["sb.v=true"], 1)])
+@pytest.mark.parametrize(
+    ("sb", "moved"), [(["sb.q=true"], 0), (["sb.v=true"], 1), (["sb.q=true", *MOE], 0)]
+)
 def test_ecd_charges_move_off_zero_when_the_symmetry_is_broken(sb, moved):
     model, opt = ecd(*sb)
     *_, last = train(model, opt, STEPS)

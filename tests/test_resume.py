@@ -83,10 +83,15 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 
 @pytest.mark.parametrize(
     "variant",
-    [[], ["sb.q_components=4", "sb.component_unit=sequence", "train.micro_batch_size=2"]],
-    ids=["one bQ", "4 bQ components per sequence"],
+    [
+        [],
+        ["sb.q_components=4", "sb.component_unit=sequence", "train.micro_batch_size=2"],
+        ["model.mlp=moe", "model.moe_experts=4"],
+    ],
+    ids=["one bQ", "4 bQ components per sequence", "moe"],
 )
 def test_sigkill_between_checkpoints_then_resume_is_bit_exact(tmp_path, corpus_cache, variant):
+    """For a mixture of experts this includes its logged routing statistics (metrics.csv)."""
     extra = ["train.max_steps=12", "train.checkpoint_every=4", "optim.lr=1e-3", *variant]
     subprocess.run(_cli(tmp_path, corpus_cache, "full", *extra), check=True, capture_output=True)
     proc = subprocess.Popen(_cli(tmp_path, corpus_cache, "killed", *extra),

@@ -349,8 +349,9 @@ def test_grid_errors_are_experiment_errors(tmp_path, corpus_cache):
 def test_shipped_grids_parse(capsys):
     root = Path(__file__).resolve().parent.parent / "configs"
     grids = [*sorted((root / "sweeps").glob("*.toml")), root / "paper" / "sweep.toml",
-             root / "paper" / "variants.toml", root / "cpu-study" / "tune.toml",
-             root / "cpu-study" / "variants.toml"]
+             root / "paper" / "variants.toml", root / "paper" / "sweep-moe.toml",
+             root / "cpu-study" / "tune.toml", root / "cpu-study" / "variants.toml",
+             root / "cpu-study" / "variants-moe.toml"]
     assert len(grids) >= 4
     for g in grids:
         assert main(["sweep", str(g), "--dry-run", "--executor", "slurm"]) == 0
@@ -394,7 +395,9 @@ def test_paper_recipes_agree_with_the_paper_sweep():
     assert len(set(newest) - set(cells)) == 2 * 2 * 3  # zero-mean and multi4bQ cells
     cells.update(newest)
     grids = ("base.toml", "sweep.toml", "variants.toml")
-    files = sorted(p for p in root.glob("*.toml") if p.name not in grids)
+    files = sorted(p for p in root.glob("*.toml")
+                   if p.name not in grids and not p.name.startswith("sweep")
+                   and not p.stem.endswith("-moe"))  # fmt: skip
     assert len(files) == 4 * 4 * 2 + 2 * 2
     for path in files:
         cfg = load_config(path, ["train.seed=0"])
@@ -403,6 +406,13 @@ def test_paper_recipes_agree_with_the_paper_sweep():
         assert cfg.model.n_layer == 12 and cfg.train.max_tokens == 500_000_000
     multi = load_config(root / "adamw-multi4bQ-gelu.toml")
     assert (multi.sb.q_components, multi.sb.v_mean) == (4, 0.0)
+    moe_cells = {c.name: c for c in load_grid(root / "sweep-moe.toml").cells()}
+    moe_files = sorted(p for p in root.glob("*-moe.toml") if not p.name.startswith("sweep"))
+    assert len(moe_files) == len(moe_cells) // 3 == 2 * 2  # adamw, ecd x sym, bQbV (GELU)
+    for path in moe_files:
+        cfg = load_config(path, ["train.seed=0"])
+        assert identity(cfg) == identity(moe_cells[f"{path.stem}-seed0"].config), path.name
+        assert (cfg.model.mlp, cfg.model.moe_experts, cfg.model.moe_top_k) == ("moe", 8, 2)
     ecd = load_config(root / "ecd-bQbV-prelu.toml")
     assert (ecd.optim.lr, ecd.optim.eta, ecd.optim.F0, ecd.sb.q, ecd.sb.v) == (1.0, 100.0, 2.0,
                                                                               True, True)

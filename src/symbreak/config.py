@@ -124,6 +124,32 @@ class ModelConfig:
         doc="which sub-layers keep their residual connection: `both`, `attn`, `mlp`, `none`",
     )
     rope_base: float = _doc("RoPE frequencies `theta_i = rope_base^(-2i/d_head)`", 10000.0)
+    mlp: str = _choices(
+        "dense",
+        "moe",
+        default="dense",
+        doc="`dense` (one MLP) or `moe`: a mixture of `moe_experts` expert MLPs, each as wide "
+        "as the dense one, every token routed to its `moe_top_k` most probable experts (docs: "
+        "the mixture-of-experts MLP)",
+    )
+    mlp_hidden: int = _doc(
+        "hidden width of the MLP (of each expert with `model.mlp=moe`); 0: 4 x `n_embd`, GPT-2's",
+        0,
+    )
+    moe_experts: int = _doc("`model.mlp=moe`: experts per layer", 8)
+    moe_top_k: int = _doc(
+        "`model.mlp=moe`: experts each token is routed to (at most `moe_experts`)", 2
+    )
+    moe_aux_loss: float = _doc(
+        "`model.mlp=moe`: coefficient of the load-balancing loss `E sum_e f_e P_e` (mean over "
+        "layers) added to the training loss (Switch Transformer's 0.01); 0 turns it off",
+        0.01,
+    )
+    moe_z_loss: float = _doc(
+        "`model.mlp=moe`: coefficient of the router z-loss `mean_tokens logsumexp(logits)^2` "
+        "(mean over layers; ST-MoE uses 1e-3); 0 turns it off",
+        0.0,
+    )
     init_from: str = _doc(
         "start from these weights instead of a random init: a symbreak run (or one of its "
         "checkpoint directories) of the same shape, or a local Hugging Face GPT-2 directory "
@@ -529,6 +555,23 @@ class Config:
             f"{m.n_embd}/{m.n_head} = {d_head} is odd",
         )
         _require(m.rope_base > 1, "model.rope_base", "must be > 1")
+        _require(m.mlp_hidden >= 0, "model.mlp_hidden", "must be >= 0 (0: 4 x n_embd)")
+        _require(m.moe_experts >= 1, "model.moe_experts", "must be at least 1")
+        _require(m.moe_top_k >= 1, "model.moe_top_k", "must be at least 1")
+        _require(
+            m.moe_top_k <= m.moe_experts,
+            "model.moe_top_k",
+            f"{m.moe_top_k} is more than model.moe_experts={m.moe_experts}; a token can be routed "
+            "to at most every expert",
+        )
+        _require(m.moe_aux_loss >= 0, "model.moe_aux_loss", "must be >= 0 (0 turns it off)")
+        _require(m.moe_z_loss >= 0, "model.moe_z_loss", "must be >= 0 (0 turns it off)")
+        _require(
+            m.mlp != "moe" or m.mask == "causal",
+            "model.mlp",
+            "moe is not supported with model.mask=bidirectional (its per-position prefix "
+            "forwards would each route and balance the same tokens again); use model.mlp=dense",
+        )
         for kind in ("q", "k", "v"):
             std = getattr(sb, f"{kind}_std")
             if isinstance(std, list):

@@ -28,12 +28,21 @@ Why it is done this way:
       6 * N + 12 * n_layer * n_embd * block_size
 
   ``6 N``: 2 FLOPs per multiply-add, forward + backward (x3) for every weight a token meets.
-  ``N`` = ``model.num_params(non_embedding=True)`` + ``n_embd * vocab_size``: the embedding
+  ``N`` = ``model.num_active_params(non_embedding=True)`` + ``n_embd * vocab_size``: the
+  parameters a token meets (for a mixture of experts, ``moe_top_k`` of each layer's experts
+  and the router, not the idle experts; the dense model's ``num_params``); the embedding
   *lookups* (wte, wpe) are no matmuls, but our tied output layer is a real (n_embd x vocab)
   matmul, counted once. The second term is the attention scores and their application to v
   (``12 = 2 matmuls x 2 FLOPs x 3``), counted over the full T x T matrix as PaLM does, although
   the causal kernel skips about half of it: MFU stays comparable with published figures.
   Activations, LayerNorm, softmax, the loss and the optimizer are not model FLOPs.
+* ``--compare-dense`` (only with ``model.mlp=moe``) adds two dense-MLP models with the
+  symmetry-broken model's biases to the interleaved rounds: ``dense_active``, whose one MLP is
+  ``moe_top_k`` experts wide (``model.mlp_hidden = moe_top_k x`` the expert width: the same
+  active parameters and model FLOPs per token as the mixture), and ``dense``, the ordinary
+  dense model of the expert width. Memory per model is ``state_bytes`` (parameters plus
+  optimizer state, exact); activations are not split per model on a CPU (``peak_rss_bytes``
+  covers the whole process).
 * ``--compile`` wraps each model in ``torch.compile``; the first warm-up step of each model
   pays for the compilation (``compile_s``). Keep ``--warmup`` >= 1 with it. Both models share
   ``GPT.forward``'s code, so the one compiled second (the symmetric one) reuses dynamo's and
@@ -49,7 +58,10 @@ JSON keys (``--json``; all always present, ``null`` where not applicable):
 ``loss_kernel`` (``eager``/``compiled``: ``train.loss_kernel`` as the trainer would resolve it
 for this config's whole run, so ``auto`` benchmarks what ``symbreak train`` would use),
 ``torch`` (version), ``torch_threads``, ``steps`` (measured rounds), ``warmup`` (untimed).
-``params``: all parameters; ``params_non_embedding``: without wte and wpe.
+``mlp``, ``moe_experts``, ``moe_top_k``: the MLP (the expert keys null for a dense one).
+``params``: all parameters; ``params_non_embedding``: without wte and wpe; ``params_active``:
+the parameters one token meets (``params`` for a dense MLP). ``state_bytes``: parameters plus
+optimizer state of the symmetry-broken model.
 ``flops_formula``: the formula above, as text. ``model_flops_per_token``: its value.
 ``matmul_size``: n of the n x n peak matmul. ``matmul_peak_flops_per_s``: its median rate.
 ``matmul_peak_fp32_flops_per_s``: the same in fp32 (measured beside the bf16 one in a bf16 run).
@@ -61,11 +73,14 @@ For the symmetry-broken model, at the top level: ``tok_per_s`` (tokens_per_step 
 step), ``step_ms`` (median), ``step_ms_min``, ``step_ms_max``, ``step_ms_mean``,
 ``achieved_flops_per_s`` (model_flops_per_token * tok_per_s), ``mfu``
 (achieved_flops_per_s / matmul_peak_flops_per_s), ``compile_s`` (null without ``--compile``).
-``symmetric``: the same keys (and its own ``model_flops_per_token`` and ``params``) for the
-symmetric model. ``sb_overhead``: symmetric tok_per_s / symmetry-broken tok_per_s (> 1: the
-biases cost time). ``loader_tok_per_s``: ``TrainBatches.micro_batches`` alone;
+``symmetric``: the same keys (and its own ``model_flops_per_token``, ``params``,
+``params_active`` and ``state_bytes``) for the symmetric model. ``dense_active``, ``dense``:
+null, or with ``--compare-dense`` the same keys for those models, and ``moe_over_dense_active``,
+``moe_over_dense``: the mixture's tok_per_s over theirs (null without ``--compare-dense``).
+``sb_overhead``: symmetric tok_per_s / symmetry-broken tok_per_s (> 1: the biases cost time).
+``loader_tok_per_s``: ``TrainBatches.micro_batches`` alone;
 ``loader_over_train``: loader_tok_per_s / tok_per_s. ``peak_rss_bytes``: the process's peak
-resident memory (ru_maxrss, whole run: both models, the loader, the matmuls).
+resident memory (ru_maxrss, whole run: every model, the loader, the matmuls).
 ``cuda_max_memory_allocated_bytes``: ``torch.cuda.max_memory_allocated`` (null on CPU).
 ``profile``: null, or ``{"trace": path, "sort_by": ..., "top_ops": [{"name", "self_ms",
 "calls"}] x 10}`` with ``--profile``.
@@ -98,6 +113,7 @@ from symbreak.device import autocast, resolve_device, resolve_dtype
 from symbreak.errors import ConfigError
 from symbreak.model import GPT
 from symbreak.optim import build_optimizer
+from symbreak.optim.factory import state_bytes
 from symbreak.train.noether_log import FILENAME as NOETHER_CSV
 from symbreak.train.noether_log import NoetherLog
 from symbreak.train.step import TrainStep
@@ -134,7 +150,7 @@ def _is_paper_code_config(cfg: Config) -> bool:
 def model_flops_per_token(model: GPT) -> int:
     """PaLM's training FLOPs per token for ``model`` (see the module docstring)."""
     c = model.cfg
-    n = model.num_params(non_embedding=True) + c.n_embd * c.vocab_size
+    n = model.num_active_params(non_embedding=True) + c.n_embd * c.vocab_size
     return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
 
 
@@ -148,6 +164,7 @@ def bench_train(
     profile: str | Path | None = None,
     matmul_size: int | None = None,
     seed: int = 0,
+    compare_dense: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Time training steps of the symmetry-broken and the symmetric model; a JSON-ready dict.
@@ -156,7 +173,9 @@ def bench_train(
     ``train.batch_size=8``, ``train.device=cuda``, ...). ``dtype`` (``fp32``/``bf16``) replaces
     ``train.dtype`` when given; ``compile`` is ORed with ``train.compile``. ``matmul_size``
     changes the peak matmul's n (tests use a small one). ``profile``: write a chrome trace of a
-    few steps of the symmetry-broken model there. The keys are listed in the module docstring.
+    few steps of the symmetry-broken model there. ``compare_dense``: also time the dense
+    models of equal active size and of the expert width (``model.mlp=moe`` only). The keys are
+    listed in the module docstring.
     """
     if steps < 1 or warmup < 0:
         raise ConfigError(f"bench train needs steps >= 1 and warmup >= 0, got {steps}, {warmup}")
@@ -166,6 +185,10 @@ def bench_train(
         base.append(f"train.dtype={dtype}")
     cfg = load_config(overrides=base)
     sym_cfg = load_config(overrides=[*base, "sb.q=false", "sb.k=false", "sb.v=false"])
+    if compare_dense and cfg.model.mlp != "moe":
+        raise ConfigError(
+            "--compare-dense compares a mixture of experts with dense models; add model.mlp=moe"
+        )
     dev = resolve_device(cfg.train.device, option="train.device")
     amp = resolve_dtype(cfg.train.dtype, dev)
     compile = compile or cfg.train.compile
@@ -181,6 +204,13 @@ def bench_train(
         "sb": _Run(cfg, dev, amp, compile, seed, loss_kernel),
         "symmetric": _Run(sym_cfg, dev, amp, compile, seed, loss_kernel),
     }
+    if compare_dense:
+        width = m.mlp_hidden or 4 * m.n_embd
+        for name, hidden in (("dense_active", m.moe_top_k * width), ("dense", width)):
+            dense_cfg = load_config(
+                overrides=[*base, "model.mlp=dense", f"model.mlp_hidden={hidden}"]
+            )
+            runs[name] = _Run(dense_cfg, dev, amp, compile, seed, loss_kernel)
     scratch = tempfile.TemporaryDirectory(prefix="symbreak-bench-") if t.log_noether else None
     noether = (
         NoetherLog(Path(scratch.name) / NOETHER_CSV, runs["sb"].model, runs["sb"].opt)
@@ -200,7 +230,7 @@ def bench_train(
         f"bench train: {m.preset} ({runs['sb'].model.num_params() / 1e6:.2f}M parameters), "
         f"{DTYPE_NAMES[amp]}, {dev}{', compiled' if compile else ''}, {loss_kernel} loss "
         f"kernel: {warmup} warm-up + "
-        f"{steps} measured rounds of both models"
+        f"{steps} measured rounds of {len(runs)} models"
     )
     # the run's dtype for MFU, and fp32 (the same when it is) for tokens/s per fp32 GFLOP/s
     rates = {d: _matmul_rates(n_mm, d, dev, MATMUL_REPS // 2) for d in (amp, torch.float32)}
@@ -257,8 +287,13 @@ def bench_train(
         "torch_threads": torch.get_num_threads(),
         "steps": steps,
         "warmup": warmup,
+        "mlp": m.mlp,
+        "moe_experts": m.moe_experts if m.mlp == "moe" else None,
+        "moe_top_k": m.moe_top_k if m.mlp == "moe" else None,
         "params": runs["sb"].model.num_params(),
         "params_non_embedding": runs["sb"].model.num_params(non_embedding=True),
+        "params_active": runs["sb"].model.num_active_params(),
+        "state_bytes": runs["sb"].state_bytes(),
         "flops_formula": FLOPS_FORMULA,
         "model_flops_per_token": runs["sb"].flops_per_token,
         "matmul_size": n_mm,
@@ -272,12 +307,12 @@ def bench_train(
         if _is_paper_code_config(cfg)
         else None
     )
-    out["symmetric"] = {
-        "params": runs["symmetric"].model.num_params(),
-        "model_flops_per_token": runs["symmetric"].flops_per_token,
-        **runs["symmetric"].report(cfg.tokens_per_step, peak),
-    }
+    for name in ("symmetric", "dense_active", "dense"):
+        out[name] = runs[name].summary(cfg.tokens_per_step, peak) if name in runs else None
     out["sb_overhead"] = out["symmetric"]["tok_per_s"] / out["tok_per_s"]
+    for name in ("dense_active", "dense"):
+        other = out[name]
+        out[f"moe_over_{name}"] = out["tok_per_s"] / other["tok_per_s"] if other else None
     out["loader_tok_per_s"] = loader_tok_s
     out["loader_over_train"] = loader_tok_s / out["tok_per_s"]
     out["peak_rss_bytes"] = _peak_rss_bytes()
@@ -348,6 +383,21 @@ class _Run:
     @property
     def compile_ok(self) -> bool:
         return self.train_step.compiled
+
+    def state_bytes(self) -> int:
+        """Parameters plus optimizer state, in bytes."""
+        params = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return params + state_bytes(self.opt)
+
+    def summary(self, tokens_per_step: int, peak: float) -> dict[str, Any]:
+        """:meth:`report` with the model's size: what the JSON gives each compared model."""
+        return {
+            "params": self.model.num_params(),
+            "params_active": self.model.num_active_params(),
+            "state_bytes": self.state_bytes(),
+            "model_flops_per_token": self.flops_per_token,
+            **self.report(tokens_per_step, peak),
+        }
 
     def report(self, tokens_per_step: int, peak: float) -> dict[str, Any]:
         med = statistics.median(self.times)
@@ -442,9 +492,12 @@ def format_table(result: dict[str, Any]) -> str:
     r = result
     sym = r["symmetric"]
     sb = "+".join(k for k in ("q", "k", "v") if r["sb"][k]) or "none"
+    moe = r["mlp"] == "moe"
+    mlp = f", MoE {r['moe_experts']} experts top-{r['moe_top_k']}" if moe else ""
     lines = [
         f"symbreak bench train: preset {r['preset']} (L={r['n_layer']}, H={r['n_head']}, "
-        f"C={r['n_embd']}, T={r['block_size']}), {r['params'] / 1e6:.2f}M parameters, "
+        f"C={r['n_embd']}, T={r['block_size']}){mlp}, {r['params'] / 1e6:.2f}M parameters "
+        f"({r['params_active'] / 1e6:.2f}M active), "
         f"{r['optimizer']}, {r['dtype']}, {r['device']}{', compiled' if r['compile'] else ''}, "
         f"{r['loss_kernel']} loss kernel, {r['torch_threads']} torch threads, torch {r['torch']}",
         f"{r['batch_size']} sequences x {r['block_size']} tokens per step "
@@ -454,19 +507,30 @@ def format_table(result: dict[str, Any]) -> str:
         f"peak: {r['matmul_size']}^2 matmul in {r['dtype']} = "
         f"{r['matmul_peak_flops_per_s'] / 1e9:.1f} GFLOP/s (measured in this run)",
         "",
-        f"{'model':<12}{'tok/s':>10}{'median ms':>11}{'min–max ms':>19}{'GFLOP/s':>10}"
-        f"{'MFU':>8}{'compile s':>11}",
+        f"{'model':<16}{'tok/s':>10}{'median ms':>11}{'min–max ms':>19}{'GFLOP/s':>10}"
+        f"{'MFU':>8}{'compile s':>11}{'active M':>10}{'state MiB':>11}",
     ]
-    for label, s in ((f"sb ({sb})", r), ("symmetric", sym)):
+    models = [(f"sb ({sb})", r), ("symmetric", sym)]
+    models += [(name, r[name]) for name in ("dense_active", "dense") if r.get(name)]
+    for label, s in models:
         spread = f"{s['step_ms_min']:.1f}–{s['step_ms_max']:.1f}"
         comp = "-" if s["compile_s"] is None else f"{s['compile_s']:.1f}"
         lines.append(
-            f"{label:<12}{s['tok_per_s']:>10.0f}{s['step_ms']:>11.1f}{spread:>19}"
+            f"{label:<16}{s['tok_per_s']:>10.0f}{s['step_ms']:>11.1f}{spread:>19}"
             f"{s['achieved_flops_per_s'] / 1e9:>10.1f}{s['mfu']:>8.1%}{comp:>11}"
+            f"{s['params_active'] / 1e6:>10.2f}{s['state_bytes'] / 2**20:>11.1f}"
         )
     lines += [
         "",
         f"sb_overhead (symmetric tok/s / sb tok/s) = {r['sb_overhead']:.3f}",
+        *(
+            [
+                f"MoE tok/s over dense of equal active size {r['moe_over_dense_active']:.3f}, "
+                f"over dense of the expert width {r['moe_over_dense']:.3f}"
+            ]
+            if r.get("moe_over_dense") is not None
+            else []
+        ),
         f"{r['tok_per_s_per_fp32_gflops']:.1f} tok/s per fp32 GFLOP/s "
         f"({r['matmul_peak_fp32_flops_per_s'] / 1e9:.1f} GFLOP/s in this run)"
         + (

@@ -103,6 +103,12 @@ def add_train(targets: Subparsers) -> None:
     p.add_argument(
         "--compile", action="store_true", help="torch.compile both models; reports compile_s"
     )
+    p.add_argument(
+        "--compare-dense",
+        action="store_true",
+        help="with model.mlp=moe: also time the dense model of equal active size (one MLP "
+        "moe_top_k experts wide) and the dense model of the expert width",
+    )
     _timing_args(p, TRAIN_STEPS, TRAIN_WARMUP, "per model", "the first one compiles")
     p.add_argument(
         "--profile",
@@ -207,6 +213,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         compile=args.compile,
         profile=args.profile,
+        compare_dense=args.compare_dense,
     )
 
 

@@ -67,6 +67,16 @@ def check_exportable(cfg: Any, sb_eval: str | None) -> None:
     from symbreak.data.tokenizer import GPT2_VOCAB_SIZE
 
     m = cfg.model
+    if getattr(m, "mlp", "dense") != "dense":
+        raise ExportError(
+            f"model.mlp={m.mlp} (a mixture of experts) has no Hugging Face GPT-2 equivalent; "
+            "only dense-MLP runs can be exported"
+        )
+    if getattr(m, "mlp_hidden", 0) not in (0, 4 * m.n_embd):
+        raise ExportError(
+            f"model.mlp_hidden={m.mlp_hidden} is not GPT-2's 4 x n_embd = {4 * m.n_embd}; "
+            "only runs of GPT-2's MLP width can be exported"
+        )
     if sb_eval is not None and sb_eval not in EXPORT_SB_EVAL:
         raise ExportError(f"--sb-eval {sb_eval} cannot be exported; use mean or zero")
     k = max(getattr(cfg.sb, "q_components", 1), getattr(cfg.sb, "v_components", 1))

@@ -3,7 +3,7 @@
 from symbreak.model.attention import CausalSelfAttention, SelfAttention
 from symbreak.model.bias import BiasSampler
 from symbreak.model.gpt import GPT, Block
-from symbreak.model.mlp import MLP, FeaturePReLU
+from symbreak.model.mlp import MLP, FeaturePReLU, MoE
 
 __all__ = [
     "GPT",
@@ -12,5 +12,6 @@ __all__ = [
     "Block",
     "CausalSelfAttention",
     "FeaturePReLU",
+    "MoE",
     "SelfAttention",
 ]

@@ -4,7 +4,8 @@ Reads top to bottom like the paper::
 
     h_0 = wte[x] + wpe[0..T)                      learned absolute positions (or none)
     h_l = h_{l-1} + Attn_l(LN(h_{l-1}))           pre-LayerNorm blocks, biases bQ/bK/bV inside
-    h_l = h_l     + MLP_l(LN(h_l))                PReLU (per-feature slope) or GELU
+    h_l = h_l     + MLP_l(LN(h_l))                PReLU (per-feature slope) or GELU; with
+                                                  model.mlp=moe a mixture of experts (mlp.py)
     logits = LN_f(h_L) wte^T                      tied input/output embeddings
 
 The positional switches (``model.pos_encoding``, ``model.mask``; see positional.py) change
@@ -39,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +50,7 @@ from symbreak.config import ModelConfig, SBConfig
 from symbreak.model.attention import SelfAttention
 from symbreak.model.bias import BiasSampler
 from symbreak.model.loss import IGNORE_INDEX, linear_cross_entropy, target_logprobs
-from symbreak.model.mlp import MLP
+from symbreak.model.mlp import MLP, MoE
 from symbreak.model.positional import sinusoidal_table
 
 
@@ -58,7 +60,7 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.attn = SelfAttention(cfg, sb, layer)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.mlp = MLP(cfg)
+        self.mlp: nn.Module = MoE(cfg, cfg.n_layer) if cfg.mlp == "moe" else MLP(cfg)
         self.res_attn = cfg.residual in ("both", "attn")
         self.res_mlp = cfg.residual in ("both", "mlp")
 
@@ -102,6 +104,8 @@ class GPT(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, MoE):
+                module.reset_parameters(std)
 
     # ---- forward --------------------------------------------------------------------------
 
@@ -246,6 +250,33 @@ class GPT(nn.Module):
         for s in self.bias_samplers():
             s.unpin()
 
+    # ---- mixture of experts ----------------------------------------------------------------
+
+    def moe_layers(self) -> list[MoE]:
+        return [b.mlp for b in self.blocks if isinstance(b.mlp, MoE)]
+
+    def moe_terms(self) -> MoETerms | None:
+        """The routing terms of the last forward (None for a dense MLP): the penalty the
+        training loss adds, ``moe_aux_loss * aux + moe_z_loss * z`` with ``aux`` and ``z`` the
+        means over layers (mlp.py has their maths), and the per-layer load fractions."""
+        layers = self.moe_layers()
+        if not layers or any(m.aux is None for m in layers):
+            return None
+        aux = torch.stack([m.aux for m in layers]).mean()  # type: ignore[misc]
+        z = torch.stack([m.z for m in layers]).mean()  # type: ignore[misc]
+        penalty = self.cfg.moe_aux_loss * aux + self.cfg.moe_z_loss * z
+        load = torch.stack([m.load for m in layers])  # type: ignore[misc]
+        return MoETerms(penalty, aux.detach(), z.detach(), load)
+
+    def num_active_params(self, non_embedding: bool = False) -> int:
+        """Parameters one token meets: with a mixture of experts, only ``moe_top_k`` of each
+        layer's E experts (the router counts whole); the dense model's :meth:`num_params`."""
+        n = self.num_params(non_embedding)
+        for m in self.moe_layers():
+            experts = sum(p.numel() for name, p in m.named_parameters() if name != "router.weight")
+            n -= experts * (m.n_experts - m.top_k) // m.n_experts
+        return n
+
     # ---- bookkeeping ------------------------------------------------------------------------
 
     def num_params(self, non_embedding: bool = False) -> int:
@@ -255,3 +286,20 @@ class GPT(nn.Module):
             if self.wpe is not None:
                 n -= self.wpe.weight.numel()
         return n
+
+
+@dataclass
+class MoETerms:
+    """:meth:`GPT.moe_terms`: ``penalty`` (in the graph: the training loss adds it), ``aux``
+    and ``z`` (detached means over layers), ``load`` ((n_layer, E) token-slot fractions)."""
+
+    penalty: torch.Tensor
+    aux: torch.Tensor
+    z: torch.Tensor
+    load: torch.Tensor
+
+    def values(self) -> torch.Tensor:
+        """``[aux, z, load...]`` as one detached float64-able vector (for logging)."""
+        return torch.cat(
+            (self.aux.reshape(1), self.z.reshape(1), self.load.reshape(-1).to(self.aux.dtype))
+        )

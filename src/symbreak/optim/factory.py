@@ -12,19 +12,25 @@ from torch import nn
 
 from symbreak.config import OptimConfig
 
+# Parameters of symbreak.model.mlp.MoE that are per-expert vectors stacked into matrices.
+STACKED_VECTORS = ("mlp.fc_bias", "mlp.proj_bias", "mlp.prelu_slope")
+
 
 def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
     """Split parameters into decayed and not-decayed groups.
 
-    Matrices (Linear weights, the token embedding) are decayed; vectors (biases, LayerNorm
-    weights, PReLU slopes) and the positional table are not, as in nanoGPT. ``decay_all``
-    decays everything, as the paper's runs did.
+    Matrices (Linear weights, the token embedding, stacked expert weights) are decayed;
+    vectors (biases, LayerNorm weights, PReLU slopes) and the positional table are not, as in
+    nanoGPT. A mixture of experts stacks its biases and slopes into (E, H) tensors, vectors all
+    the same: they are told apart by name. ``decay_all`` decays everything, as the paper's runs
+    did.
     """
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if decay_all or (p.dim() >= 2 and not name.endswith("wpe.weight")):
+        vector = p.dim() < 2 or name.endswith(STACKED_VECTORS)
+        if decay_all or not (vector or name.endswith("wpe.weight")):
             decay.append(p)
         else:
             no_decay.append(p)

@@ -227,6 +227,11 @@ def _pad_vocab(t: torch.Tensor, want: tuple[int, ...], origin: str) -> torch.Ten
 
 def _check_hf_config(cfg: Any, hf: dict[str, Any], origin: str) -> None:
     kind = hf.get("model_type")
+    if cfg.mlp != "dense" or cfg.mlp_hidden not in (0, 4 * cfg.n_embd):
+        raise CheckpointError(
+            f"{origin} is GPT-2, whose MLP is dense and 4 x n_embd wide; set model.mlp=dense "
+            "and model.mlp_hidden=0 to start from it"
+        )
     if kind not in ("gpt2", "symbreak_gpt2"):
         raise CheckpointError(
             f"{origin} is a {kind!r} model; model.init_from reads GPT-2 (model_type gpt2), a "

@@ -2,8 +2,9 @@
 
     pin the symmetry-breaking draws of this step (keyed by (seed, step, layer): all ranks agree;
         with a component per sequence, keyed by each sequence's index in the global batch)
-    for each micro-batch of this rank:  loss_m = CE(model(x), y);  (loss_m / accum).backward()
-    all-reduce [mean loss, stop flag]   (DDP has averaged the gradients during backward)
+    for each micro-batch of this rank:  loss_m = CE(model(x), y) + router penalty (MoE only)
+                                        (loss_m / accum).backward()
+    all-reduce [mean loss, stop flag, mean CE, MoE stats]   (DDP has averaged the gradients)
     if the loss is finite: clip (optional); optimizer.step()   (ECD also receives the loss)
     zero the gradients
 
@@ -31,9 +32,13 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class StepResult:
-    loss: float  # the global mean training loss of the step (over micro-batches and ranks)
+    # the global mean cross-entropy of the step (over micro-batches and ranks); the objective
+    # the optimizer minimised adds the router penalty of a mixture-of-experts MLP to it
+    loss: float
     stop: bool  # some rank was asked to stop (SIGINT/SIGTERM) during the step
-    updated: bool  # False when the loss was not finite: the step changed no weight
+    updated: bool  # False when the objective was not finite: the step changed no weight
+    # mixture of experts only: [aux, z, load fractions (n_layer x E, row-major)], global means
+    moe: list[float] | None = None
 
 
 class TrainStep:
@@ -88,29 +93,29 @@ class TrainStep:
         the backward passes (a signal that arrives during the step stops the run after it)."""
         self.model.train()
         self.model.pin_biases(step)
-        loss_sum = self._accumulate(step, micro_batches)
+        sums = self._accumulate(step, micro_batches)
         stop = stop_requested is not None and stop_requested()
-        # One all-reduce and one host sync per step: the global loss and the stop flag.
-        stats = torch.stack(
-            (
-                loss_sum / len(micro_batches),
-                torch.tensor(float(stop), device=self.device, dtype=loss_sum.dtype),
-            )
-        )
+        # One all-reduce and one host sync per step: [objective, stop flag, cross-entropy,
+        # MoE statistics...], the means over micro-batches and ranks (the flag: a count).
+        stats = sums / len(micro_batches)
+        stats[1] = float(stop)
         self.env.all_reduce(stats)
         stats[0] /= self.env.world_size
-        loss, stop_votes = stats.tolist()
-        updated = math.isfinite(loss)
+        stats[2:] /= self.env.world_size
+        objective, stop_votes, loss, *moe = stats.tolist()
+        updated = math.isfinite(objective)
         if updated:
             if self.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             optimizer_step(self.optimizer, stats[0])
         self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(loss, stop_votes > 0, updated)
+        return StepResult(loss, stop_votes > 0, updated, moe or None)
 
     def _accumulate(self, step: int, micro_batches: Sequence[Batch]) -> torch.Tensor:
-        """Forward and backward of every micro-batch; the sum of their (detached) losses, in
-        the loss's own dtype (float32 under bf16 autocast; float64 for a float64 model)."""
+        """Forward and backward of every micro-batch; the sums of their (detached) objective,
+        a 0 (the stop flag's slot), cross-entropy and MoE statistics, in the loss's own dtype
+        (float32 under bf16 autocast; float64 for a float64 model). For a dense MLP the
+        objective is the cross-entropy."""
         loss_sum: torch.Tensor | None = None
         n = len(micro_batches)
         offset = 0  # this rank's sequences so far; rank r holds global rows r, r + W, ...
@@ -132,7 +137,14 @@ class TrainStep:
             with sync:
                 with self.autocast():
                     _, loss = self.forward(x, y)
-                (loss / n).backward()
-            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+                terms = self.model.moe_terms()
+                objective = loss if terms is None else loss + terms.penalty.to(loss.dtype)
+                (objective / n).backward()
+            parts = [objective.detach().reshape(1), torch.zeros_like(loss).reshape(1)]
+            parts.append(loss.detach().reshape(1))
+            if terms is not None:
+                parts.append(terms.values().to(loss.dtype))
+            row = torch.cat(parts)
+            loss_sum = row if loss_sum is None else loss_sum + row
         assert loss_sum is not None, "a step needs at least one micro-batch"
         return loss_sum

@@ -239,13 +239,22 @@ class LogWindow:
     losses: int = 0  # steps with a finite loss
     tokens: int = 0
     seconds: float = 0.0
+    # mixture of experts: sums of StepResult.moe over the steps with a finite loss
+    moe_sum: list[float] = field(default_factory=list)
 
-    def add(self, loss: float, tokens: int, seconds: float) -> None:
+    def add(self, loss: float, tokens: int, seconds: float, moe: list[float] | None = None) -> None:
         if math.isfinite(loss):
             self.loss_sum += loss
             self.losses += 1
+            if moe is not None:
+                self.moe_sum = [
+                    a + b for a, b in zip(self.moe_sum or [0.0] * len(moe), moe, strict=True)
+                ]
         self.tokens += tokens
         self.seconds += seconds
+
+    def moe_means(self) -> list[float] | None:
+        return [v / self.losses for v in self.moe_sum] if self.moe_sum and self.losses else None
 
     def mean_loss(self) -> float:
         return self.loss_sum / self.losses if self.losses else float("nan")
@@ -254,12 +263,13 @@ class LogWindow:
         return self.tokens / max(self.seconds, 1e-9)
 
     def to_list(self) -> list[float | int]:
-        """The form a checkpoint's ``state.json`` stores (``window``)."""
-        return [self.loss_sum, self.losses, self.tokens, self.seconds]
+        """The form a checkpoint's ``state.json`` stores (``window``); a mixture of experts'
+        sums follow the four numbers every run stores."""
+        return [self.loss_sum, self.losses, self.tokens, self.seconds, *self.moe_sum]
 
     @classmethod
     def from_list(cls, w: list[Any]) -> LogWindow:
-        return cls(w[0], w[1], w[2], w[3])
+        return cls(w[0], w[1], w[2], w[3], [float(v) for v in w[4:]])
 
 
 @dataclass
@@ -526,7 +536,7 @@ class Trainer:
         self._record_provenance(resume_step)
         self.metrics = MetricsWriter(
             self.run_dir / "metrics.csv",
-            self._optimizer_columns() + list(self.task_metrics),
+            self._optimizer_columns() + self._moe_columns() + list(self.task_metrics),
             resume_step=resume_step,
             fresh=resume_step is None,
         )
@@ -566,6 +576,17 @@ class Trainer:
         """Counters an optimizer keeps that metrics.csv logs (ECD's frozen steps)."""
         return ["frozen_steps"] if hasattr(self.optimizer, "frozen_steps") else []
 
+    def _moe_columns(self) -> list[str]:
+        """A mixture of experts' routing statistics, means over the log interval: the
+        load-balancing term ``aux_loss`` and the router ``z_loss`` (both unscaled, means over
+        layers; the training loss adds them times model.moe_aux_loss / model.moe_z_loss) and
+        the fraction of token-slots each layer's experts got, ``load_L<layer>E<expert>``."""
+        m = self.cfg.model
+        if m.mlp != "moe":
+            return []
+        loads = [f"load_L{l}E{e}" for l in range(m.n_layer) for e in range(m.moe_experts)]
+        return ["aux_loss", "z_loss", *loads]
+
     # ---- the loop ------------------------------------------------------------------------------
 
     def _loop(self, state: LoopState) -> None:
@@ -591,7 +612,7 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 self.train_time += dt
                 state.step = step + 1
-                state.window.add(result.loss, self.tokens_per_step, dt)
+                state.window.add(result.loss, self.tokens_per_step, dt, result.moe)
                 self._evaluate_and_log(state, lr, bar)
                 bar.update(1)
                 state.elapsed_s = self.elapsed()
@@ -674,6 +695,8 @@ class Trainer:
             return
         state.last_train_loss = state.window.mean_loss()
         tok_s = state.window.tok_per_s()
+        moe = state.window.moe_means()
+        moe_row = dict(zip(self._moe_columns(), moe, strict=True)) if moe else {}
         row = dict(
             step=done,
             tokens=done * self.tokens_per_step,
@@ -683,6 +706,7 @@ class Trainer:
             tok_per_s=tok_s,
             elapsed_s=self.elapsed(),
             **{k: getattr(self.optimizer, k) for k in self._optimizer_columns()},
+            **moe_row,
             **(self._task_values() if is_eval else {}),
         )
         if self.metrics:
@@ -691,7 +715,10 @@ class Trainer:
         for lg in self.loggers:
             lg.log(done, {**row, **scalars})
         bar.set_postfix(
-            loss=f"{state.last_train_loss:.3f}", val=f"{state.val_loss:.3f}", tok_s=f"{tok_s:,.0f}"
+            loss=f"{state.last_train_loss:.3f}",
+            val=f"{state.val_loss:.3f}",
+            tok_s=f"{tok_s:,.0f}",
+            **({"aux": f"{moe[0]:.3f}"} if moe else {}),
         )
         state.window = LogWindow()
 
@@ -768,5 +795,3 @@ def _check_compatible(stored: Config, new: Config, ckpt: Path) -> None:
                 f"{new_flat[key]!r} now; use the run's own settings (its config.toml) or "
                 "another train.name"
             )
-
-

@@ -377,6 +377,42 @@ def attach_eval(records: list[Record], echo: Any = print) -> None:
         r.eval = data
 
 
+def attach_cot_eval(records: list[Record], echo: Any = print) -> None:
+    """``cot-arithmetic`` figures of each fine-tuned run's latest checkpoint: ``symbreak eval
+    --task cot-arithmetic``'s own JSON, computed now where it does not exist yet."""
+    from symbreak.data.cot import KINDS, SOURCE
+
+    for r in records:
+        if r.config.get("data.source") != SOURCE:
+            raise ExperimentError(
+                f"--task {SOURCE}: {r.name} was not fine-tuned on {SOURCE} (data.source="
+                f"{r.config.get('data.source')}); report the fine-tuning sweep"
+            )
+        try:
+            ckpt = resolve_checkpoint(r.run_dir, LATEST)
+        except SymbreakError as e:
+            raise ExperimentError(f"--task {SOURCE}: {r.name}: {e}") from None
+        from symbreak.eval.evaluate import cot_eval_name
+
+        path = r.run_dir / "eval" / cot_eval_name(ckpt.name)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            from symbreak.eval.evaluate import evaluate_cot_run
+
+            echo(f"evaluating {r.name} at {ckpt.name} on {SOURCE} ...")
+            try:
+                data = evaluate_cot_run(r.run_dir, checkpoint=LATEST).data  # writes ``path``
+            except SymbreakError as e:
+                raise ExperimentError(
+                    f"--task {SOURCE}: evaluating {r.run_dir} failed: {e}"
+                ) from None
+        acc = data["accuracy"]
+        r.eval = {"cot_acc": float(acc["overall"]["mean"])}
+        r.eval.update({f"cot_{k}": float(acc[k]["mean"]) if k in acc else math.nan for k in KINDS})
+        r.eval["cot_logprob"] = float(data["chain_logprob"]["overall"]["mean"])
+
+
 def _read_eval(path: Path) -> dict[str, float] | None:
     try:
         return _eval_figures(json.loads(path.read_text()))

@@ -376,6 +376,8 @@ def pack_order(lengths: np.ndarray, order: np.ndarray, window: int) -> list[list
     used = window + 1  # forces a first window
     for i in order.tolist():
         n = int(lengths[i])
+        if n > window:
+            raise DataError(f"an example of {n} tokens does not fit a window of {window}")
         if used + n > window:
             groups.append([])
             used = 0

@@ -134,7 +134,7 @@ def _packed(n: int = 12, block: int = 400) -> tuple[PackedWindows, list]:
 def test_targets_are_exactly_the_chain_and_answer_tokens():
     windows, items = _packed()
     idx = np.arange(len(windows))
-    x, y = masked_pairs(windows, idx)
+    _, y = masked_pairs(windows, idx)
     assert int((y != IGNORE_INDEX).sum()) == sum(len(i.completion) for i in items)
     targets = "".join(CHAR.decode(row[row != IGNORE_INDEX].tolist()) for row in y)
     assert targets == "".join(i.completion for i in items)
@@ -175,7 +175,7 @@ def test_epochs_visit_every_example_once_in_a_new_order():
     enc = encode_items(items, CHAR)
     data = PackedExamples(enc, 511, 0, seed=1)
     n0 = data.windows_in(0)
-    x, y = data.samples(np.arange(n0))
+    _, y = data.samples(np.arange(n0))
     text = "".join(CHAR.decode(r[r != IGNORE_INDEX].tolist()) for r in y)
     got = re.findall(r".*?Answer: -?\d+\n", text, re.S)
     assert sorted(got) == sorted(i.completion for i in items)

@@ -3,9 +3,10 @@
 For each held-out problem (the test split of the run's ``data.cot_*`` settings, or of the
 defaults for a run that was not fine-tuned) the model gets the prompt (after ``shots``
 training examples, when asked) and writes greedily until it has written a whole
-``Answer: ...`` line, or until ``max_new`` tokens, or the context, run out. The answer is the
-integer on the first ``Answer:`` line (:func:`~symbreak.data.cot.extract_answer`); an item is
-right when it equals the problem's answer. No answer line: wrong.
+``Answer: ...`` line, or until its type's token limit (1.5 x the longest reference chain of
+that type + 8), or the context, runs out. The answer is the integer on the first ``Answer:``
+line (:func:`~symbreak.data.cot.extract_answer`); an item is right when it equals the
+problem's answer. No answer line: wrong.
 
 Generation is batched without a KV cache (the model has none): each step runs the trunk over
 the batch's longest live prefix and computes logits only at each row's last position, rows
@@ -75,12 +76,13 @@ def greedy_chains(
     model: torch.nn.Module,
     tok: Tokenizer,
     prompts: Sequence[list[int]],
-    max_new: int,
+    max_new: int | Sequence[int],
     batch_size: int = 64,
 ) -> list[list[int]]:
     """Greedy continuations of ``prompts`` (token ids), each stopping after a whole answer
-    line, after ``max_new`` tokens or at the context's end. Argmax over the tokenizer's real
-    ids (a padded vocabulary's extra rows are never chosen)."""
+    line, after ``max_new`` tokens (one number, or one per prompt) or at the context's end.
+    Argmax over the tokenizer's real ids (a padded vocabulary's extra rows are never chosen)."""
+    limits = [max_new] * len(prompts) if isinstance(max_new, int) else list(max_new)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -98,7 +100,8 @@ def greedy_chains(
                     f"a prompt of {int(lens.max())} tokens leaves no room in model.block_size="
                     f"{block}; use fewer --shots"
                 )
-            width = min(block, int(lens.max()) + max_new)
+            limit = torch.tensor([limits[i] for i in rows], device=device)
+            width = min(block, int((lens + limit).max()))
             buf = torch.zeros(len(rows), width, dtype=torch.long, device=device)
             for r, i in enumerate(rows):
                 buf[r, : len(prompts[i])] = torch.tensor(prompts[i], dtype=torch.long)
@@ -111,7 +114,7 @@ def greedy_chains(
                 nxt = model.output(last)[:, :real].argmax(-1)
                 buf[live, cur] = nxt
                 lens[live] = cur + 1
-                done = (lens[live] >= width) | (lens[live] - start[live] >= max_new)
+                done = (lens[live] >= width) | (lens[live] - start[live] >= limit[live])
                 for k in torch.nonzero(newline[nxt] & ~done).flatten().tolist():
                     r = int(live[k])
                     text = tok.decode(buf[r, int(start[r]) : int(lens[r])].tolist())
@@ -196,9 +199,16 @@ def evaluate_cot(
         prefix = "".join(i.text + "\n" for i in generate_split(spec, "train")[:shots])
     prompts = [tok.encode(prefix + i.prompt) for i in items]
     completions = [tok.encode(i.completion) for i in items]
-    limit = max_new or int(1.5 * max(map(len, completions))) + 8
+    # per type: 1.5 x its longest reference completion + 8 tokens, so a model that never
+    # writes an answer line costs no more than a chain of that type could
+    per_kind = {
+        k: int(1.5 * max(len(c) for i, c in zip(items, completions, strict=True) if i.kind == k))
+        + 8
+        for k in {i.kind for i in items}
+    }
+    limits = [max_new or per_kind[i.kind] for i in items]
     t0 = time.perf_counter()
-    generated = greedy_chains(model, tok, prompts, limit, batch_size)
+    generated = greedy_chains(model, tok, prompts, limits, batch_size)
     gen_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     logps = completion_logprobs(model, prompts, completions)
@@ -235,7 +245,7 @@ def evaluate_cot(
             "from": "the run's data.cot_*" if cfg.data.source == SOURCE else "the defaults",
         },
         "shots": shots,
-        "max_new_tokens": limit,
+        "max_new_tokens": {k: max_new or v for k, v in sorted(per_kind.items())},
         "accuracy": acc,
         "chain_logprob": logprob,
         "chain_nll_per_token": -sum(r["chain_logprob"] for r in rows) / max(tokens, 1),
@@ -247,8 +257,9 @@ def evaluate_cot(
             "logprob_s": lp_s,
         },
         "method": "greedy decoding (argmax over the tokenizer's ids) until a whole 'Answer:' "
-        "line, max_new_tokens or the context's end; batched, no KV cache (the trunk re-runs "
-        "over the live prefix each step); answer = the integer on the first 'Answer:' line; "
+        "line, max_new_tokens (per type) or the context's end; batched, no KV cache (the "
+        "trunk re-runs over the live prefix each step); answer = the integer on the first "
+        "'Answer:' line; "
         "exact match with 95% Wilson intervals; chain_logprob = teacher-forced sum of log p "
         "of the reference chain and answer line, mean with a seeded bootstrap 95% interval",
         "items": rows,

@@ -378,3 +378,30 @@ def test_a_char_run_missing_task_characters_is_named_in_one_line(tmp_path, make_
     ok = _source(make_run, tmp_path, "ok", block=512, data=full)
     cfg = finetune_config(ok, examples=16, overrides=["train.batch_size=4"])
     assert cfg.data.cot_vocab == str(full) and cfg.model.vocab_size == len(task_characters()) + 1
+
+
+@pytest.mark.slow
+def test_sweep_finetune_then_report_pairs_by_pretraining_seed(tmp_path, corpus_cache):
+    import json
+
+    grid = tmp_path / "g.toml"
+    grid.write_text(
+        f'name = "pre"\nout_dir = "{tmp_path}"\n[config]\n"model.n_layer" = 1\n'
+        '"model.n_embd" = 32\n"model.n_head" = 2\n"model.block_size" = 128\n'
+        '"train.max_steps" = 2\n"train.batch_size" = 2\n"train.eval_tokens" = 256\n'
+        f'"data.cache_dir" = "{corpus_cache}"\n'
+        '[axes.sb]\nsym = {}\nbQ = { "sb.q" = true }\n[axes]\n"train.seed" = [0, 1]\n'
+    )
+    assert cli.main(["sweep", str(grid)]) == 0
+    ft = ["data.cot_test=8", "train.batch_size=4", "train.eval_tokens=256"]
+    argv = ["sweep", "--finetune", str(tmp_path / "pre"), "--examples", "8", "--epochs", "1"]
+    assert cli.main([*argv, *ft]) == 0
+    sweep = tmp_path / "pre-cot-arithmetic"
+    cfg = (sweep / "bQ-seed1" / "config.toml").read_text()
+    assert "cot-arithmetic" in cfg and str((tmp_path / "pre" / "bQ-seed1").resolve()) in cfg
+    assert cli.main([*argv, *ft]) == 0  # resumable: everything is done, nothing reruns
+    assert cli.main(["report", str(sweep), "--task", "cot-arithmetic", "--no-plot"]) == 0
+    data = json.loads((sweep / "report" / "report.json").read_text())
+    diffs = [d for d in data["differences"] if d["metric"] == "cot_acc"]
+    assert len(diffs) == 1 and diffs[0]["seeds"] == [0, 1] and diffs[0]["baseline"] == "sym"
+    assert {c["variant"] for c in data["cells"]} == {"sym", "bQ"}

@@ -19,6 +19,7 @@ happen; pass ``echo=print`` to see them.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -436,7 +437,13 @@ def evaluate_cot_run(
         "provenance": provenance(str(run.device)),
         "created": _now(),
         **_run_json(run),
-        "options": {"checkpoint": checkpoint, "sb_eval": sb_eval, "device": device},
+        "options": {
+            "checkpoint": checkpoint,
+            "problems": problems,
+            "shots": shots,
+            "sb_eval": sb_eval,
+            "device": device,
+        },
         **result,
     }
     path = None
@@ -550,6 +557,23 @@ def compare_runs(
     return CompareResult(data, names, summaries, diffs, json_out, png)
 
 
+def existing_cot_eval(
+    run_dir: Path, checkpoint: str, problems: int | None, shots: int, sb_eval: str | None
+) -> EvalResult | None:
+    """The run's eval JSON for this checkpoint when it was made with the same options (what
+    ``report --task cot-arithmetic`` or an earlier ``eval`` wrote), else None."""
+    from symbreak.runs import find_checkpoint
+
+    try:
+        path = run_dir / "eval" / cot_eval_name(find_checkpoint(run_dir, checkpoint).name, shots)
+        data = json.loads(path.read_text())
+        opts = data["options"]
+        same = (opts.get("problems", "?"), opts.get("shots"), opts.get("sb_eval"))
+        return EvalResult(data, path) if same == (problems, shots, sb_eval) else None
+    except (SymbreakError, OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def compare_cot_runs(
     run_dirs: Sequence[PathLike],
     *,
@@ -575,6 +599,11 @@ def compare_cot_runs(
     names = _unique_names(dirs)
     results = []
     for d in dirs:
+        done = existing_cot_eval(d, checkpoint, problems, shots, sb_eval)
+        if done is not None:
+            echo(f"{d}: reusing {done.path}")
+            results.append(done)
+            continue
         res = evaluate_cot_run(
             d,
             checkpoint=checkpoint,

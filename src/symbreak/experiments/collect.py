@@ -388,25 +388,17 @@ def attach_cot_eval(records: list[Record], echo: Any = print) -> None:
                 f"--task {SOURCE}: {r.name} was not fine-tuned on {SOURCE} (data.source="
                 f"{r.config.get('data.source')}); report the fine-tuning sweep"
             )
-        try:
-            ckpt = resolve_checkpoint(r.run_dir, LATEST)
-        except SymbreakError as e:
-            raise ExperimentError(f"--task {SOURCE}: {r.name}: {e}") from None
-        from symbreak.eval.evaluate import cot_eval_name
+        from symbreak.eval.evaluate import evaluate_cot_run, existing_cot_eval
 
-        path = r.run_dir / "eval" / cot_eval_name(ckpt.name)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            from symbreak.eval.evaluate import evaluate_cot_run
-
-            echo(f"evaluating {r.name} at {ckpt.name} on {SOURCE} ...")
+        done = existing_cot_eval(r.run_dir, LATEST, None, 0, None)  # all problems, zero-shot
+        if done is not None:
+            data = done.data
+        else:
+            echo(f"evaluating {r.name} on {SOURCE} ...")
             try:
-                data = evaluate_cot_run(r.run_dir, checkpoint=LATEST).data  # writes ``path``
+                data = evaluate_cot_run(r.run_dir, checkpoint=LATEST).data
             except SymbreakError as e:
-                raise ExperimentError(
-                    f"--task {SOURCE}: evaluating {r.run_dir} failed: {e}"
-                ) from None
+                raise ExperimentError(f"--task {SOURCE}: evaluating {r.run_dir}: {e}") from None
         acc = data["accuracy"]
         r.eval = {"cot_acc": float(acc["overall"]["mean"])}
         r.eval.update({f"cot_{k}": float(acc[k]["mean"]) if k in acc else math.nan for k in KINDS})

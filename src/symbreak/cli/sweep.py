@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     if args.wait and args.executor == "local":
         raise ExperimentError("--wait only applies to --executor slurm or submitit-local")
     if args.finetune is not None:
+        if args.grid is not None and "=" in str(args.grid) and not args.grid.is_file():
+            args.overrides, args.grid = [str(args.grid), *args.overrides], None
         if args.grid is not None:
             raise ExperimentError(
                 "--finetune SWEEP_DIR takes the pretraining sweep's directory instead of a grid "

@@ -306,6 +306,31 @@ class DataConfig:
         "`\\naaa+bbb=`",
         False,
     )
+    cot_train: int = _doc(
+        "`data.source=cot-arithmetic`: training examples (chain-of-thought arithmetic, see "
+        "docs/finetuning.md)",
+        10000,
+    )
+    cot_test: int = _doc(
+        "held-out problems (validation loss and `symbreak eval --task cot-arithmetic`); train "
+        "and test problems are disjoint by a hash of the canonical problem",
+        1000,
+    )
+    cot_mix: list[float] = field(
+        default_factory=lambda: [1.0, 1.0, 1.0, 1.0],
+        metadata={"doc": "relative weights of the types T1, T2, T3, T4 in both splits"},
+    )
+    cot_seed: int = _doc("which problems are drawn and their order", 0)
+    cot_epochs: int = _doc(
+        "fine-tuning epochs over the `data.cot_train` examples: `symbreak finetune` sets "
+        "`train.max_steps` from it",
+        5,
+    )
+    cot_vocab: str = _doc(
+        "the tokenizer: `gpt2`, or a character-level data source whose characters are the "
+        "vocabulary (e.g. a directory from `symbreak prepare --tokenizer char`)",
+        "gpt2",
+    )
 
 
 @dataclass
@@ -652,6 +677,20 @@ class Config:
                 "train.parallel=ddp with train.log_noether=true",
             )
         d = self.data
+        if d.source == "cot-arithmetic":
+            _require(d.cot_train >= 1, "data.cot_train", "must be at least 1")
+            _require(d.cot_test >= 1, "data.cot_test", "must be at least 1")
+            _require(d.cot_epochs >= 1, "data.cot_epochs", "must be at least 1")
+            _require(
+                len(d.cot_mix) == 4 and min(d.cot_mix) >= 0 and sum(d.cot_mix) > 0,
+                "data.cot_mix",
+                f"must be 4 non-negative weights (T1..T4) with a positive sum, got {d.cot_mix}",
+            )
+            _require(
+                m.mask == "causal",
+                "model.mask",
+                "data.source=cot-arithmetic trains every chain token: it needs model.mask=causal",
+            )
         if d.source == "addition":
             _require(
                 m.vocab_size >= 13,

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from symbreak.config import SB_EVAL_CHOICES, Config
-from symbreak.data import GPT2_VOCAB_SIZE, GPT2Tokenizer, data_tokenizer
+from symbreak.data import GPT2_VOCAB_SIZE, GPT2Tokenizer, cot_tokenizer, data_tokenizer
+from symbreak.data.cot import SOURCE as COT_SOURCE
 from symbreak.data.tokenizer import Tokenizer
 from symbreak.device import resolve_device
 from symbreak.errors import CheckpointError, ConfigError, SymbreakError
@@ -61,6 +62,8 @@ class Run:
         stored with the run's data (a character-level vocabulary)."""
         if self.cfg.model.vocab_size >= GPT2_VOCAB_SIZE:
             return GPT2Tokenizer()
+        if self.cfg.data.source == COT_SOURCE:  # fine-tuned: the vocabulary it was given
+            return cot_tokenizer(self.cfg.data)
         cache = Path(self.cfg.data.cache_dir) if self.cfg.data.cache_dir else None
         return data_tokenizer(self.cfg.data.source, cache)
 

@@ -226,3 +226,35 @@ def paired_curve(
         lo.append(r["ci_lo"])
         hi.append(r["ci_hi"])
     return {"steps": steps, "mean": mean, "ci_lo": lo, "ci_hi": hi}
+
+
+# --------------------------------------------------------------------------------------------
+# Two models on the same items: paired verdicts
+# --------------------------------------------------------------------------------------------
+
+
+def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict[str, Any]:
+    """McNemar's exact test of two models' right/wrong verdicts on the same items: under the
+    null both are equally often right, so of the ``n = b01 + b10`` discordant items (right for
+    exactly one) the count right only for ``a`` is Binomial(n, 1/2); two-sided p from
+    ``scipy.stats.binomtest``. No discordant item: p = 1."""
+    x = np.asarray(a, dtype=bool)
+    y = np.asarray(b, dtype=bool)
+    if x.shape != y.shape:
+        raise ValueError("paired verdicts must have the same length")
+    only_a, only_b = int((x & ~y).sum()), int((~x & y).sum())
+    n = only_a + only_b
+    p = float(stats.binomtest(only_a, n, 0.5).pvalue) if n else 1.0
+    return {"only_a": only_a, "only_b": only_b, "discordant": n, "p": p}
+
+
+def paired_bootstrap_diff(
+    a: Sequence[float], b: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> Estimate:
+    """``mean(a) - mean(b)`` over paired items with a percentile bootstrap 95% interval that
+    resamples items (the same draw for both sides, so item difficulty cancels)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    n = int(d.size)
+    draws = bootstrap_means(d, resamples, bootstrap_rng(seed, "paired")) if n else d
+    lo, hi = bootstrap_interval(draws, n) if n else (math.nan, math.nan)
+    return Estimate(float(d.mean()) if n else math.nan, lo, hi, n)

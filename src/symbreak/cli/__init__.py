@@ -31,6 +31,7 @@ from symbreak.errors import SymbreakError
 # torch: the handlers import the library when they run.
 COMMANDS: dict[str, str] = {
     "train": "symbreak.cli.train",
+    "finetune": "symbreak.cli.finetune",
     "prepare": "symbreak.cli.prepare",
     "eval": "symbreak.cli.eval",
     "compare": "symbreak.cli.compare",

@@ -7,7 +7,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from symbreak.cli.options import add_model_options, add_suite_options, model_kwargs, suite_kwargs
+from symbreak.cli.options import (
+    add_model_options,
+    add_suite_options,
+    model_kwargs,
+    positive,
+    suite_kwargs,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -31,10 +37,41 @@ def register(subparsers: Any) -> None:
         "names the files themselves: NAME.json and NAME.png side by side",
     )
     p.add_argument("--no-plot", action="store_true", help="do not draw the PNG chart")
+    p.add_argument(
+        "--task",
+        choices=("puzzles", "cot-arithmetic"),
+        default="puzzles",
+        help="puzzles (default) or cot-arithmetic: two runs' greedy chain-of-thought answers "
+        "on the same held-out problems, paired: accuracy difference with a paired bootstrap "
+        "95%% interval and McNemar's exact test, per type and overall",
+    )
+    p.add_argument(
+        "--problems",
+        type=positive,
+        default=None,
+        metavar="N",
+        help="--task cot-arithmetic: the first N held-out problems (default: all)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.task == "cot-arithmetic":
+        from symbreak.eval.cot import format_compare_cot
+        from symbreak.eval.evaluate import compare_cot_runs
+
+        data = compare_cot_runs(
+            args.run_dirs,
+            problems=args.problems,
+            batch_size=args.batch_size,
+            out=args.out,
+            echo=lambda line: print(line, flush=True),
+            **model_kwargs(args),
+        )
+        print()
+        print(format_compare_cot(data["names"], data["differences"]))
+        print(f"\nwrote {data['path']}")
+        return 0
     from symbreak.eval import report
     from symbreak.eval.evaluate import compare_runs
 

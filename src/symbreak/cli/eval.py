@@ -37,18 +37,29 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--task",
-        choices=("puzzles", "addition"),
+        choices=("puzzles", "addition", "cot-arithmetic"),
         default="puzzles",
-        help="puzzles (default: the suite and --puzzles files) or addition: exact-match and "
+        help="puzzles (default: the suite and --puzzles files); addition: exact-match and "
         "per-digit accuracy of greedy answers to the run's held-out addition problems "
-        "(data.source=addition; JSON default RUN_DIR/eval/addition_<checkpoint>.json)",
+        "(data.source=addition; JSON default RUN_DIR/eval/addition_<checkpoint>.json); "
+        "cot-arithmetic: exact match of greedy chains of thought on held-out arithmetic "
+        "problems, per type, and the reference chain's log-probability (JSON default "
+        "RUN_DIR/eval/<checkpoint>.cot-arithmetic.json)",
+    )
+    p.add_argument(
+        "--shots",
+        type=int,
+        default=0,
+        metavar="K",
+        help="--task cot-arithmetic: put K worked training examples before each prompt "
+        "(default 0; for runs that were not fine-tuned)",
     )
     p.add_argument(
         "--problems",
         type=positive,
         default=None,
         metavar="N",
-        help="--task addition: score the first N validation problems (default: all)",
+        help="--task addition / cot-arithmetic: score the first N held-out problems (default: all)",
     )
     p.set_defaults(func=run)
 
@@ -61,6 +72,25 @@ def run(args: argparse.Namespace) -> int:
     from symbreak.eval import report
     from symbreak.eval.evaluate import evaluate_addition_run, evaluate_run
 
+    if args.task == "cot-arithmetic":
+        from symbreak.errors import SymbreakError
+        from symbreak.eval.cot import format_cot
+        from symbreak.eval.evaluate import evaluate_cot_run
+
+        if args.shots < 0:
+            raise SymbreakError(f"--shots must be >= 0, got {args.shots}")
+        res = evaluate_cot_run(
+            args.run_dir,
+            problems=args.problems,
+            batch_size=args.batch_size,
+            shots=args.shots,
+            out=args.out,
+            echo=_say,
+            **model_kwargs(args),
+        )
+        print(format_cot(res.data))
+        print(f"\nwrote {res.path}")
+        return 0
     if args.task == "addition":
         from symbreak.eval.addition import format_addition
 

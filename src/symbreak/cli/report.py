@@ -54,11 +54,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--task",
-        choices=("loss", "addition"),
+        choices=("loss", "addition", "cot-arithmetic"),
         default="loss",
         help="loss (default): validation loss as above; addition: held-out exact match, steps "
         "to --threshold and positional probes of data.source=addition runs (written to "
-        "SWEEP_DIR/report-addition/ by default)",
+        "SWEEP_DIR/report-addition/ by default); cot-arithmetic: validation loss plus "
+        "chain-of-thought exact match (overall and per type) and chain log-probability of "
+        "fine-tuned runs, evaluating those not yet evaluated, paired by seed",
     )
     p.add_argument(
         "--threshold",
@@ -114,4 +116,5 @@ def run(args: argparse.Namespace) -> int:
         with_eval=args.eval,
         out=args.out,
         plot_figures=not args.no_plot,
+        task=args.task,
     )

@@ -31,6 +31,20 @@ from symbreak.data.corpus import (
     cached_shakespeare,
     shakespeare_texts,
 )
+from symbreak.data.cot import (
+    SOURCE as COT_SOURCE,
+)
+from symbreak.data.cot import (
+    CotSpec,
+    PackedExamples,
+    PackedWindows,
+    check_vocabulary,
+    encode_items,
+    generate_split,
+    masked_pairs,
+    pack_order,
+    pad_id,
+)
 from symbreak.data.shards import read_shard
 from symbreak.data.tokenizer import (
     GPT2_VOCAB_SIZE,
@@ -155,7 +169,7 @@ class TrainBatches:
 
     def __init__(
         self,
-        windows: TokenWindows,
+        windows: TokenWindows | PackedExamples,
         batch_size: int,
         micro_batch_size: int,
         seed: int,
@@ -215,6 +229,11 @@ class TrainBatches:
 
     def micro_batches(self, step: int) -> list[Batch]:
         """[(x, y)] * accum_steps for ``step``; x, y contiguous LongTensors (mbs, block_size)."""
+        if isinstance(self.windows, PackedExamples):  # epochs of packed examples, masked
+            j = np.arange(self.rank, self.batch_size, self.world_size, dtype=np.int64)
+            x, y = self.windows.samples(step * self.batch_size + j)
+            mbs = self.micro_batch_size
+            return list(zip(x.split(mbs), y.split(mbs), strict=True))
         w = self.windows.get(self.window_indices(step))
         return [input_targets(chunk, self.positions) for chunk in w.split(self.micro_batch_size)]
 
@@ -294,6 +313,9 @@ def val_batches(
     idx = val_window_indices(len(windows), n_tokens, windows.block_size, how)[rank::world_size]
     if idx.size == 0:
         return []
+    if isinstance(windows, PackedWindows):
+        x, y = masked_pairs(windows, idx)
+        return list(zip(x.split(micro_batch_size), y.split(micro_batch_size), strict=True))
     w = windows.get(idx)
     return [input_targets(chunk, positions) for chunk in w.split(micro_batch_size)]
 
@@ -319,8 +341,8 @@ def addition_spec(data: DataConfig) -> AdditionSpec:
 class DataBundle:
     """Both splits of a data source, ready for sampling."""
 
-    train: TokenWindows
-    val: TokenWindows
+    train: TokenWindows | PackedExamples
+    val: TokenWindows | PackedWindows
     source: str
     meta: dict = field(default_factory=dict)
 
@@ -329,9 +351,52 @@ class DataBundle:
         return tokenizer_from_meta(self.meta)
 
 
+def cot_spec(data: DataConfig) -> CotSpec:
+    """The ``data.cot_*`` keys as the generator's :class:`~symbreak.data.cot.CotSpec`."""
+    return CotSpec(data.cot_train, data.cot_test, tuple(data.cot_mix), data.cot_seed)
+
+
+def cot_tokenizer(data: DataConfig) -> Tokenizer:
+    """The tokenizer of ``data.cot_vocab``: GPT-2 BPE, or a character-level source's."""
+    if data.cot_vocab == "gpt2":
+        return tokenizer_from_meta({})
+    cache = Path(data.cache_dir).expanduser() if data.cache_dir else None
+    return data_tokenizer(data.cot_vocab, cache)
+
+
+def load_cot_data(cfg: Config, block_size: int | None = None) -> DataBundle:
+    """``data.source=cot-arithmetic``: the training examples as :class:`PackedExamples` (packed
+    anew each epoch from ``train.seed``), the test problems as fixed packed windows (their
+    chain-token loss is the validation loss)."""
+    bs = block_size or cfg.model.block_size
+    tok = cot_tokenizer(cfg.data)
+    check_vocabulary(tok, f"data.cot_vocab={cfg.data.cot_vocab}")
+    if tok.name in ("char", "chars") and cfg.model.vocab_size != tok.vocab_size:
+        raise DataError(
+            f"model.vocab_size={cfg.model.vocab_size} but data.cot_vocab={cfg.data.cot_vocab} "
+            f"has {tok.vocab_size} ids; use the vocabulary the model was trained with"
+        )
+    spec = cot_spec(cfg.data)
+    pad = pad_id(tok)
+    train = PackedExamples(
+        encode_items(generate_split(spec, "train"), tok), bs, pad, cfg.train.seed
+    )
+    test = encode_items(generate_split(spec, "test"), tok)
+    if (test.lengths > bs + 1).any():
+        raise DataError(
+            f"a test problem is {int(test.lengths.max())} tokens, more than model.block_size + 1"
+            f" = {bs + 1}; fine-tune a model with a longer context"
+        )
+    val = PackedWindows(test, pack_order(test.lengths, np.arange(len(test)), bs + 1), bs, pad)
+    meta = {**tok.meta(), "source": COT_SOURCE, "spec": spec.__dict__}
+    return DataBundle(train=train, val=val, source=COT_SOURCE, meta=meta)
+
+
 def load_run_data(cfg: Config, block_size: int | None = None) -> DataBundle:
     """The data ``cfg`` trains on (:func:`load_data` with its source, context, vocabulary,
     cache and addition settings); ``block_size`` overrides the context."""
+    if cfg.data.source == COT_SOURCE:
+        return load_cot_data(cfg, block_size)
     return load_data(
         cfg.data.source,
         block_size or cfg.model.block_size,
@@ -419,7 +484,10 @@ def resolve_config(cfg: Config) -> Config:
     vocab = None
     if cfg.model.vocab_size is None:
         cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else None
-        vocab = default_vocab_size(cfg.data.source, cache)
+        source = cfg.data.source
+        if source == COT_SOURCE:
+            source = "shakespeare" if cfg.data.cot_vocab == "gpt2" else cfg.data.cot_vocab
+        vocab = default_vocab_size(source, cache)
     return cfg.resolve(vocab)
 
 

@@ -26,6 +26,7 @@ _LAZY = {
     "evaluate_loss": "symbreak.train.validation",
     "evaluate_run": "symbreak.eval.evaluate",
     "evaluate_addition_run": "symbreak.eval.evaluate",
+    "evaluate_cot_run": "symbreak.eval.evaluate",
     "compare_runs": "symbreak.eval.evaluate",
     "sample_run": "symbreak.eval.evaluate",
     "collect_items": "symbreak.eval.evaluate",

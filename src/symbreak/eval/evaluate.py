@@ -19,6 +19,7 @@ happen; pass ``echo=print`` to see them.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -401,6 +402,67 @@ def evaluate_addition_run(
     return EvalResult(data, path)
 
 
+def cot_eval_name(checkpoint_name: str, shots: int = 0) -> str:
+    """``<checkpoint>.cot-arithmetic.json`` (``.cot-arithmetic-3shot.json`` with shots): the
+    task's own file beside the suite's, what ``report --task cot-arithmetic`` reads."""
+    return f"{checkpoint_name}.cot-arithmetic{f'-{shots}shot' if shots else ''}.json"
+
+
+def evaluate_cot_run(
+    run_dir: PathLike,
+    *,
+    checkpoint: str = "latest",
+    problems: int | None = None,
+    batch_size: int = 64,
+    shots: int = 0,
+    sb_eval: str | None = None,
+    device: str = "auto",
+    out: PathLike | None = None,
+    write: bool = True,
+    echo: Echo = _silent,
+) -> EvalResult:
+    """Greedy chain-of-thought answers to the held-out ``cot-arithmetic`` problems, scored by
+    exact match (:mod:`symbreak.eval.cot`). What ``symbreak eval RUN_DIR --task
+    cot-arithmetic`` does. The JSON goes to ``out`` (a file, or a directory), by default
+    ``RUN_DIR/eval/<checkpoint>.cot-arithmetic.json``.
+
+    >>> from symbreak.eval import evaluate_cot_run
+    >>> result = evaluate_cot_run("runs/tiny-cot-arithmetic", problems=200)  # doctest: +SKIP
+    >>> result["accuracy"]["overall"]["mean"]  # doctest: +SKIP
+    0.41
+    """
+    from symbreak.eval.cot import evaluate_cot
+
+    run_dir = Path(run_dir)
+    out_dir, out_file = run_dir / "eval", None
+    if out is not None and Path(out).expanduser().is_dir():
+        out_dir = Path(out).expanduser()
+    elif out is not None and write:
+        out_file = output_file(out, "cot-arithmetic.json", "--out")
+    run = _load(run_dir, checkpoint, sb_eval, device)
+    echo(describe(run))
+    result = evaluate_cot(run.model, run.cfg, run.tokenizer, problems, batch_size, shots)
+    data = {
+        "symbreak_version": __version__,
+        "provenance": provenance(str(run.device)),
+        "created": _now(),
+        **_run_json(run),
+        "options": {
+            "checkpoint": checkpoint,
+            "problems": problems,
+            "shots": shots,
+            "sb_eval": sb_eval,
+            "device": device,
+        },
+        **result,
+    }
+    path = None
+    if write:
+        path = out_file or out_dir / cot_eval_name(run.checkpoint.name, shots)
+        report.write_json(path, data)
+    return EvalResult(data, path)
+
+
 # --------------------------------------------------------------------------------------------
 # compare
 # --------------------------------------------------------------------------------------------
@@ -504,6 +566,94 @@ def compare_runs(
         data["chart"] = str(png)
     report.write_json(json_out, stamp(_portable(data, json_out.parent), "compare"))
     return CompareResult(data, names, summaries, diffs, json_out, png)
+
+
+def existing_cot_eval(
+    run_dir: Path, checkpoint: str, problems: int | None, shots: int, sb_eval: str | None
+) -> EvalResult | None:
+    """The run's eval JSON for this checkpoint when it was made with the same options (what
+    ``report --task cot-arithmetic`` or an earlier ``eval`` wrote), else None."""
+    from symbreak.runs import find_checkpoint
+
+    try:
+        path = run_dir / "eval" / cot_eval_name(find_checkpoint(run_dir, checkpoint).name, shots)
+        data = json.loads(path.read_text())
+        opts = data["options"]
+        same = (opts.get("problems", "?"), opts.get("shots"), opts.get("sb_eval"))
+        return EvalResult(data, path) if same == (problems, shots, sb_eval) else None
+    except (SymbreakError, OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def compare_cot_runs(
+    run_dirs: Sequence[PathLike],
+    *,
+    checkpoint: str = "latest",
+    problems: int | None = None,
+    batch_size: int = 64,
+    shots: int = 0,
+    sb_eval: str | None = None,
+    device: str = "auto",
+    out: PathLike | None = None,
+    echo: Echo = _silent,
+) -> dict[str, Any]:
+    """Two runs on the same held-out ``cot-arithmetic`` problems, paired by item
+    (:func:`symbreak.eval.cot.compare_cot`); each run's own eval JSON is written as
+    :func:`evaluate_cot_run` writes it, and ``compare.json`` where :func:`compare_runs` would
+    put it. What ``symbreak compare A B --task cot-arithmetic`` does."""
+    from symbreak.eval.cot import compare_cot
+
+    dirs = [Path(d) for d in run_dirs]
+    if len(dirs) != 2:
+        raise SymbreakError(f"--task cot-arithmetic compares exactly two runs, got {len(dirs)}")
+    json_out, _ = compare_outputs(Path(out) if out is not None else None, dirs, plot=False)
+    names = _unique_names(dirs)
+    results = []
+    for d in dirs:
+        done = existing_cot_eval(d, checkpoint, problems, shots, sb_eval)
+        if done is not None:
+            echo(f"{d}: reusing {done.path}")
+            results.append(done)
+            continue
+        res = evaluate_cot_run(
+            d,
+            checkpoint=checkpoint,
+            problems=problems,
+            batch_size=batch_size,
+            shots=shots,
+            sb_eval=sb_eval,
+            device=device,
+            echo=echo,
+        )
+        echo(f"  wrote {res.path}")
+        results.append(res)
+    table = compare_cot(results[0].data, results[1].data)
+    data = {
+        "symbreak_version": __version__,
+        "provenance": provenance(results[0].data["provenance"].get("device", device)),
+        "created": _now(),
+        "task": "cot-arithmetic",
+        "names": names,
+        "runs": [
+            {"name": n, "run_dir": str(d), "eval": str(r.path)}
+            for n, d, r in zip(names, dirs, results, strict=True)
+        ],
+        "options": {
+            "checkpoint": checkpoint,
+            "problems": problems,
+            "shots": shots,
+            "sb_eval": sb_eval,
+        },
+        "method": "differences are second run minus first over the problems both scored: "
+        "accuracy difference with a paired percentile bootstrap 95% interval (1000 resamples "
+        "of items), McNemar's exact two-sided test on the discordant problems "
+        "(scipy.stats.binomtest), and the paired difference of the reference chain's "
+        "teacher-forced log-probability",
+        "differences": table,
+    }
+    report.write_json(json_out, data)
+    data["path"] = str(json_out)
+    return data
 
 
 # --------------------------------------------------------------------------------------------

@@ -375,6 +375,34 @@ def attach_eval(records: list[Record], echo: Any = print) -> None:
         r.eval = data
 
 
+def attach_cot_eval(records: list[Record], echo: Any = print) -> None:
+    """``cot-arithmetic`` figures of each fine-tuned run's latest checkpoint: ``symbreak eval
+    --task cot-arithmetic``'s own JSON, computed now where it does not exist yet."""
+    from symbreak.data.cot import KINDS, SOURCE
+
+    for r in records:
+        if r.config.get("data.source") != SOURCE:
+            raise ExperimentError(
+                f"--task {SOURCE}: {r.name} was not fine-tuned on {SOURCE} (data.source="
+                f"{r.config.get('data.source')}); report the fine-tuning sweep"
+            )
+        from symbreak.eval.evaluate import evaluate_cot_run, existing_cot_eval
+
+        done = existing_cot_eval(r.run_dir, LATEST, None, 0, None)  # all problems, zero-shot
+        if done is not None:
+            data = done.data
+        else:
+            echo(f"evaluating {r.name} on {SOURCE} ...")
+            try:
+                data = evaluate_cot_run(r.run_dir, checkpoint=LATEST).data
+            except SymbreakError as e:
+                raise ExperimentError(f"--task {SOURCE}: evaluating {r.run_dir}: {e}") from None
+        acc = data["accuracy"]
+        r.eval = {"cot_acc": float(acc["overall"]["mean"])}
+        r.eval.update({f"cot_{k}": float(acc[k]["mean"]) if k in acc else math.nan for k in KINDS})
+        r.eval["cot_logprob"] = float(data["chain_logprob"]["overall"]["mean"])
+
+
 def _read_eval(path: Path) -> dict[str, float] | None:
     try:
         return _eval_figures(json.loads(path.read_text()))

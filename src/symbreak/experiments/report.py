@@ -33,6 +33,7 @@ from symbreak.errors import ExperimentError
 from symbreak.experiments.collect import (
     Collection,
     Record,
+    attach_cot_eval,
     attach_eval,
     collect,
 )
@@ -43,6 +44,20 @@ from symbreak.provenance import provenance
 
 EVAL_METRICS = ("macro_acc", "answer_ce")
 FIGURES = ("curves.png", "differences.png")
+# ``--task cot-arithmetic``: exact match (overall and per type) and the reference chain's
+# log-probability of each fine-tuned run (collect.attach_cot_eval)
+COT_METRICS = ("cot_acc", "cot_T1", "cot_T2", "cot_T3", "cot_T4", "cot_logprob")
+# column header, shown in percent, digits
+EVAL_COLUMNS: dict[str, tuple[str, bool, int]] = {
+    "macro_acc": ("puzzle macro acc", True, 1),
+    "answer_ce": ("answer CE", False, 3),
+    "cot_acc": ("cot exact match", True, 1),
+    "cot_T1": ("T1", True, 1),
+    "cot_T2": ("T2", True, 1),
+    "cot_T3": ("T3", True, 1),
+    "cot_T4": ("T4", True, 1),
+    "cot_logprob": ("chain log p", False, 2),
+}
 
 
 def _value(r: Record | StoredRun, metric: str) -> float:
@@ -149,13 +164,19 @@ def _methods() -> dict[str, str]:
 
 
 def build(
-    col: Collection, metric: str, with_eval: bool, out: Path | None = None
+    col: Collection,
+    metric: str,
+    with_eval: bool,
+    out: Path | None = None,
+    eval_metrics: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Every figure of the report, as JSON-ready data; paths relative to ``out``, the report's
-    directory (absolute without it)."""
+    directory (absolute without it). ``eval_metrics``: the figures of ``Record.eval`` to add
+    (default: the puzzle suite's with ``with_eval``)."""
     cells = _cells(col.records)
-    metrics = ["val_loss", "best_val_loss"] + (list(EVAL_METRICS) if with_eval else [])
-    diff_metrics = [metric] + (list(EVAL_METRICS) if with_eval else [])
+    extra = list(eval_metrics if eval_metrics is not None else EVAL_METRICS if with_eval else ())
+    metrics = ["val_loss", "best_val_loss", *extra]
+    diff_metrics = [metric, *extra]
     curves_diff = []
     for panel, variant, pairs in _pairs(cells, col.baseline):
         curve = stats.paired_curve(
@@ -171,6 +192,7 @@ def build(
         "source": col.source,
         "sweep_dir": portable_path(col.sweep_dir, out) if col.sweep_dir else None,
         "metric": metric,
+        "eval_metrics": extra,
         "variant_axis": col.variant_axis,
         "baseline": col.baseline,
         "skipped_unfinished": col.skipped,
@@ -216,7 +238,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def markdown(data: dict[str, Any], figures: list[str]) -> str:
-    with_eval = any("macro_acc" in c for c in data["cells"])
+    extra = data.get("eval_metrics", [])
     n_seeds = sorted({len(c["seeds"]) for c in data["cells"]})
     lines = [
         f"# Report: {data['title']}",
@@ -245,8 +267,7 @@ def markdown(data: dict[str, Any], figures: list[str]) -> str:
         "tokens",
         "tok/s",
     ]
-    if with_eval:
-        header += ["puzzle macro acc", "answer CE"]
+    header += [EVAL_COLUMNS[m][0] for m in extra]
     rows = []
     for c in data["cells"]:
         row = [
@@ -259,8 +280,7 @@ def markdown(data: dict[str, Any], figures: list[str]) -> str:
             f"{c['tokens']['mean']:,.0f}",
             f"{c['tok_per_s']['mean']:,.0f}",
         ]
-        if with_eval:
-            row += [_est(c["macro_acc"], pct=True), _est(c["answer_ce"], 3)]
+        row += [_est(c[m], EVAL_COLUMNS[m][2], pct=EVAL_COLUMNS[m][1]) for m in extra]
         rows.append(row)
     lines += ["", "## Cells", "", _table(header, rows)]
     if data["baseline"] is None:
@@ -281,7 +301,7 @@ def markdown(data: dict[str, Any], figures: list[str]) -> str:
         ]
         rows = []
         for d in data["differences"]:
-            pct = d["metric"] == "macro_acc"
+            pct = EVAL_COLUMNS.get(d["metric"], ("", False, 4))[1]
             k = 100.0 if pct else 1.0
             dig = 1 if pct else 4
             ci, ci_corr = (
@@ -410,8 +430,14 @@ def plot(data: dict[str, Any], col: Collection, out: Path) -> list[str]:
                 diverged.append(v)
                 label += ", diverged"
             # few evaluations: mark them, so two points do not pass for a measured curve
-            ax.plot(x, mean, color=colours[v], label=label, marker="o" if len(x) <= 12 else None,
-                    markersize=3)
+            ax.plot(
+                x,
+                mean,
+                color=colours[v],
+                label=label,
+                marker="o" if len(x) <= 12 else None,
+                markersize=3,
+            )
             ax.fill_between(
                 x,
                 [min(y) for y in ys],
@@ -428,16 +454,27 @@ def plot(data: dict[str, Any], col: Collection, out: Path) -> list[str]:
             low = min((lo for v, lo in lows.items() if v not in diverged), default=0.0)
             ax.set_ylim(low - 0.05 * (max(starts) - low), 1.05 * max(starts))
         _style(ax, panel, "val loss (nats)")
-    _save(fig, axes, len(panels), f"{data['title']}: validation loss, seed mean and min-max",
-          out / "curves.png")
+    _save(
+        fig,
+        axes,
+        len(panels),
+        f"{data['title']}: validation loss, seed mean and min-max",
+        out / "curves.png",
+    )
     written.append("curves.png")
 
     if data["difference_curves"]:
         fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 3.6 * nrow), squeeze=False)
         for ax, panel in zip(axes.flat, panels, strict=False):
             for c in (c for c in data["difference_curves"] if c["panel"] == panel):
-                ax.plot(c["tokens"], c["mean"], color=colours[c["variant"]], label=c["variant"],
-                        marker="o" if len(c["tokens"]) <= 12 else None, markersize=3)
+                ax.plot(
+                    c["tokens"],
+                    c["mean"],
+                    color=colours[c["variant"]],
+                    label=c["variant"],
+                    marker="o" if len(c["tokens"]) <= 12 else None,
+                    markersize=3,
+                )
                 lo = [
                     v if math.isfinite(v) else m for v, m in zip(c["ci_lo"], c["mean"], strict=True)
                 ]
@@ -449,9 +486,13 @@ def plot(data: dict[str, Any], col: Collection, out: Path) -> list[str]:
                 )
             ax.axhline(0.0, color="black", linewidth=0.8)
             _style(ax, panel, f"Δ val loss vs {data['baseline']}")
-        _save(fig, axes, len(panels),
-              f"paired difference to {data['baseline']} (mean, 95% CI over seeds)",
-              out / "differences.png")
+        _save(
+            fig,
+            axes,
+            len(panels),
+            f"paired difference to {data['baseline']} (mean, 95% CI over seeds)",
+            out / "differences.png",
+        )
         written.append("differences.png")
     return written
 
@@ -500,12 +541,15 @@ def build_report(
     out: Path | None = None,
     plot_figures: bool = True,
     echo: Callable[[str], None] = print,
+    task: str = "loss",
 ) -> int:
     """Group the runs (sweep directories or run directories) by their config minus the seed
     and write report.md, report.json and the PNG curves into ``out`` (default
     ``SWEEP_DIR/report/``, or ``report/`` beside loose runs); ``echo`` gets the report's text.
     ``with_eval`` adds the puzzle suite, evaluating runs not yet evaluated at their latest
-    checkpoint. Returns an exit code (0). What ``symbreak report`` does.
+    checkpoint; ``task="cot-arithmetic"`` adds chain-of-thought exact match (overall, per
+    type) and the chain log-probability of fine-tuned runs, the same way. Returns an exit
+    code (0). What ``symbreak report`` does.
 
     >>> from pathlib import Path
     >>> from symbreak.experiments import build_report
@@ -517,8 +561,16 @@ def build_report(
     col = collect(paths, baseline)
     if with_eval:
         attach_eval(col.records, echo)
+    eval_metrics = None
+    if task == "cot-arithmetic":
+        if with_eval:
+            raise ExperimentError(
+                "--task cot-arithmetic reports the task, not the puzzle suite: drop --eval"
+            )
+        attach_cot_eval(col.records, echo)
+        eval_metrics = COT_METRICS
     out = out or default_out(col, paths)
-    data = build(col, metric, with_eval, out)
+    data = build(col, metric, with_eval, out, eval_metrics)
     out.mkdir(parents=True, exist_ok=True)
     figures = plot(data, col, out) if plot_figures else []
     write_report(out, markdown(data, figures), data, figures, echo)

@@ -24,7 +24,7 @@ kernel"). It needs a C++ compiler at run time; if compiling fails the eager code
 after one warning.
 
 Rows whose target is ``ignore_index`` contribute neither loss nor gradient, and N counts only
-the other rows.
+the other rows; they are dropped before the projection, so they cost nothing either.
 """
 
 from __future__ import annotations
@@ -189,6 +189,11 @@ def linear_cross_entropy(
         raise ValueError(f"loss kernel must be one of {LOSS_KERNELS}, got {kernel!r}")
     h2 = h.reshape(-1, h.shape[-1])
     y = targets.reshape(-1)
+    valid = y != ignore_index
+    if not bool(valid.all()) and bool(valid.any()):
+        # Only rows with a target are projected: fine-tuning on masked prompts (most rows
+        # ignored) then pays the (V, C) output layer for the trained rows alone.
+        h2, y = h2[valid], y[valid]
     rows = chunk_rows if chunk_rows is not None else default_chunk_rows(weight.shape[0])
     need_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
     return _LinearCrossEntropy.apply(h2, weight, y, rows, ignore_index, need_grad, kernel)
